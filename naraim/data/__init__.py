@@ -1,0 +1,1 @@
+"""Input pipeline: sources, decoding, transforms, tokens, grain batching."""

@@ -1,0 +1,5 @@
+"""The error a user can cause: bad config, missing data, incompatible checkpoint."""
+
+
+class UserError(Exception):
+    """A problem the user can fix; its message is one line naming the problem and the fix."""

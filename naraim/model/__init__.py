@@ -1,0 +1,1 @@
+"""Model side: ViT backbone, position embeddings, attention masks, heads, attentive probe."""
