@@ -1,0 +1,1 @@
+"""Downstream evaluation of a pre-trained backbone: attentive probe, linear probe, fine-tuning, results."""
