@@ -1,0 +1,82 @@
+"""DARL diffusion: signal levels, forward-process moments, no-noise limit, DDPM sampling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from naraim import diffusion
+from naraim.errors import UserError
+
+CFG = {"beta_a": 1.0, "beta_b": 3.0, "predict": "x0", "append_gamma": True}
+
+
+def test_signal_levels_follow_beta_moments():
+    g = diffusion.sample_signal_levels(jax.random.key(0), (200_000,), 2.0, 5.0)
+    assert float(g.min()) >= 0.0 and float(g.max()) <= 1.0
+    np.testing.assert_allclose(float(g.mean()), 2.0 / 7.0, atol=3e-3)
+    np.testing.assert_allclose(float(g.var()), 2.0 * 5.0 / (49.0 * 8.0), atol=2e-3)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_forward_process_moments_for_given_gamma(gamma):
+    x0 = jnp.linspace(-2.0, 2.0, 48)
+    eps = jax.random.normal(jax.random.key(1), (100_000, 48))
+    x_t = diffusion.forward_process(jnp.broadcast_to(x0, eps.shape), jnp.full((100_000,), gamma), eps)
+    np.testing.assert_allclose(x_t.mean(0), np.sqrt(gamma) * x0, atol=0.02)
+    np.testing.assert_allclose(x_t.var(0), np.full(48, 1.0 - gamma), atol=0.02)
+
+
+def test_corrupt_targets_draws_one_level_per_patch():
+    targets = jax.random.normal(jax.random.key(2), (3, 5, 12))
+    inputs, target = diffusion.corrupt_targets(jax.random.key(3), targets, CFG)
+    assert inputs["noisy"].shape == targets.shape and inputs["gamma"].shape == (3, 5)
+    assert len(np.unique(np.asarray(inputs["gamma"]))) == 15
+    np.testing.assert_array_equal(target, targets)
+    eps_cfg = dict(CFG, predict="eps", append_gamma=False)
+    no_gamma, eps = diffusion.corrupt_targets(jax.random.key(3), targets, eps_cfg)
+    assert no_gamma["gamma"] is None
+    rebuilt = diffusion.forward_process(targets, inputs["gamma"], eps)
+    np.testing.assert_allclose(rebuilt, no_gamma["noisy"], atol=1e-5)
+
+
+def test_no_noise_reduces_to_mse_objective():
+    targets = jax.random.normal(jax.random.key(4), (2, 6, 12))
+    pred = targets + 0.3 * jax.random.normal(jax.random.key(5), targets.shape)
+    weights = jnp.ones((2, 6)).at[0, 0].set(0.0)
+    eps = jax.random.normal(jax.random.key(6), targets.shape)
+    noisy = diffusion.forward_process(targets, jnp.ones((2, 6)), eps)
+    np.testing.assert_allclose(noisy, targets, atol=1e-6)
+    mse = float(jnp.sum(jnp.mean((pred - targets) ** 2, -1) * weights) / weights.sum())
+    np.testing.assert_allclose(float(diffusion.regression_loss(pred, targets, weights)), mse, rtol=1e-6)
+
+
+def test_predicted_x0_inverts_eps_parameterisation():
+    x0 = jax.random.normal(jax.random.key(7), (4, 12))
+    eps = jax.random.normal(jax.random.key(8), (4, 12))
+    gamma = jnp.array([0.2, 0.5, 0.7, 0.99])
+    x_t = diffusion.forward_process(x0, gamma, eps)
+    np.testing.assert_allclose(diffusion.predicted_x0(eps, x_t, gamma, "eps"), x0, atol=1e-4)
+    np.testing.assert_array_equal(diffusion.predicted_x0(x0, x_t, gamma, "x0"), x0)
+
+
+def test_ddpm_with_exact_denoiser_recovers_the_patch():
+    x0 = jax.random.normal(jax.random.key(9), (3, 12))
+    sample = diffusion.ddpm_sample(jax.random.key(10), lambda x_t, g: x0, x0.shape, num_steps=8)
+    np.testing.assert_allclose(sample, x0, atol=1e-5)
+
+
+def test_ddpm_posterior_has_forward_marginals():
+    # Data x0 = 0: x_t ~ N(0, 1 - g_t); one step to g_s must give N(0, 1 - g_s).
+    x_t = jnp.sqrt(1 - 0.3) * jax.random.normal(jax.random.key(11), (200_000,))
+    x_s = diffusion.ddpm_step(jax.random.key(12), x_t[:, None], jnp.zeros((200_000, 1)), 0.3, 0.6)
+    np.testing.assert_allclose(float(x_s.var()), 0.4, atol=0.01)
+
+
+def test_validate_config_rejects_bad_values():
+    with pytest.raises(UserError, match="beta_a"):
+        diffusion.validate_config(dict(CFG, beta_a=0.0))
+    with pytest.raises(UserError, match="predict"):
+        diffusion.validate_config(dict(CFG, predict="v"))
+    with pytest.raises(UserError, match="num_steps"):
+        diffusion.sampling_signal_levels(0)
