@@ -1,0 +1,99 @@
+"""Model config: every model.* key with its default, and validation of user-set values."""
+
+import jax
+import ml_collections
+
+from naraim.errors import UserError
+from naraim.model import posemb, sizes
+from naraim.model.attention import ATTENTION_MODES
+
+DTYPES = ("float32", "bfloat16")
+# Rematerialisation policies by name (attributes of jax.checkpoint_policies that take no arguments).
+REMAT_POLICIES = (
+    "nothing_saveable",
+    "everything_saveable",
+    "dots_saveable",
+    "checkpoint_dots",
+    "dots_with_no_batch_dims_saveable",
+    "checkpoint_dots_with_no_batch_dims",
+)
+ATTENTION_IMPLS = ("", "xla", "cudnn")
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    """All model.* keys with their defaults (ViT-B/14, NARAIM's prefix-causal attention, linear head)."""
+    c = ml_collections.ConfigDict()
+    c.variant = "B/14"  # "<size>/<patch>" (see naraim.model.sizes.SIZES) or "AIM-0.6B" .. "AIM-7B"
+    c.posemb = "absolute_sincos_2d"  # one of naraim.model.posemb.POSEMBS
+    c.attention = "prefix_causal"  # 'causal' | 'prefix_causal' | 'bidirectional'
+    c.head = "linear"  # pre-training head: 'linear' | 'mlp' (| 'denoising', DARL)
+    c.head_depth = 12  # mlp head: residual MLP blocks
+    c.head_width = 0  # mlp head: hidden width of each block; 0 = the backbone's mlp_dim
+    c.dtype = "float32"  # compute dtype ('float32' | 'bfloat16'); parameters are always float32
+    c.remat = ""  # '' = off, else a policy name in REMAT_POLICIES
+    c.scan = False  # nn.scan over the blocks (faster compile for deep models; changes the param tree)
+    c.sos_token = False  # DARL: learned start-of-sequence token prepended, last input patch dropped
+    c.rope_base = 10000.0  # rotary frequency base (rope_1d / rope_2d)
+    c.learned_posemb_max_side = 256  # 'learned' posemb: table entries per axis (>= data.max_tokens)
+    c.attention_impl = ""  # '' = JAX picks, or 'xla' | 'cudnn' (jax.nn.dot_product_attention implementation)
+    return c
+
+
+def resolve_model_config(cfg) -> ml_collections.ConfigDict:
+    """Returns the defaults overlaid with the keys set in cfg (ConfigDict or mapping); extra keys kept."""
+    out = default_model_config()
+    with out.unlocked():
+        for key, value in dict(cfg).items():
+            out[key] = value
+    return out
+
+
+def _fail(key: str, value, allowed) -> None:
+    raise UserError(f"model.{key}={value!r} is not supported: use one of {list(allowed)}")
+
+
+def validate_model_config(cfg, patch_size: int, max_tokens: int) -> None:
+    """Raises UserError naming the key and the fix for any bad model.* value."""
+    from naraim.model.model import HEADS
+
+    cfg = resolve_model_config(cfg)
+    size = sizes.get_size(cfg.variant)
+    if size["patch"] != patch_size:
+        raise UserError(
+            f"model.variant {cfg.variant!r} has patch {size['patch']}, but the data uses {patch_size}"
+        )
+    if cfg.posemb not in posemb.POSEMBS:
+        _fail("posemb", cfg.posemb, posemb.POSEMBS)
+    if cfg.attention not in ATTENTION_MODES:
+        _fail("attention", cfg.attention, ATTENTION_MODES)
+    if cfg.head not in HEADS:
+        _fail("head", cfg.head, HEADS)
+    if cfg.dtype not in DTYPES:
+        _fail("dtype", cfg.dtype, DTYPES)
+    if cfg.remat and cfg.remat not in REMAT_POLICIES:
+        _fail("remat", cfg.remat, ("",) + REMAT_POLICIES)
+    if cfg.attention_impl not in ATTENTION_IMPLS:
+        _fail("attention_impl", cfg.attention_impl, ATTENTION_IMPLS)
+    if cfg.head == "mlp" and (cfg.head_depth < 1 or cfg.head_width < 0):
+        raise UserError(
+            "model.head='mlp' needs model.head_depth >= 1 and model.head_width >= 0 (0 = mlp_dim)"
+        )
+    head_dim = size["width"] // size["heads"]
+    if cfg.posemb == "absolute_sincos_2d" and size["width"] % 4:
+        raise UserError(
+            f"model.posemb='absolute_sincos_2d' needs a width divisible by 4 (got {size['width']})"
+        )
+    if cfg.posemb == "rope_2d" and head_dim % 4:
+        raise UserError(f"model.posemb='rope_2d' needs a head dimension divisible by 4 (got {head_dim})")
+    if cfg.posemb == "learned" and cfg.learned_posemb_max_side < max_tokens:
+        raise UserError(
+            f"model.learned_posemb_max_side={cfg.learned_posemb_max_side} < data.max_tokens={max_tokens}: "
+            "set it to at least data.max_tokens (a 1 x N image has N rows)"
+        )
+    if max_tokens < 2:
+        raise UserError(f"data.max_tokens={max_tokens}: next-patch prediction needs a budget of at least 2")
+
+
+def remat_policy(name: str):
+    """Returns jax.checkpoint_policies.<name>."""
+    return getattr(jax.checkpoint_policies, name)

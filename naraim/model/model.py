@@ -1,0 +1,74 @@
+"""The pre-training model: ViT backbone + a head predicting the next patch, aligned to the targets."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from naraim.model.config import resolve_model_config
+from naraim.model.heads import LinearHead, MLPHead
+from naraim.model.sizes import get_size
+from naraim.model.vit import make_backbone
+
+HEADS = ("linear", "mlp")
+
+
+def make_head(cfg: ml_collections.ConfigDict) -> nn.Module:
+    """Builds the pre-training head named by cfg.head. Every head is called as head(features, **head_inputs)
+    with features [B,N,D] aligned to the targets and returns float32 [B,N,P*P*3]."""
+    size = get_size(cfg.variant)
+    out_dim = size["patch"] ** 2 * 3
+    if cfg.head == "linear":
+        return LinearHead(out_dim, cfg.dtype)
+    if cfg.head == "mlp":
+        return MLPHead(out_dim, cfg.head_depth, cfg.head_width or size["mlp_dim"], cfg.dtype)
+    raise ValueError(f"unknown head {cfg.head!r}; expected one of {HEADS}")
+
+
+class Model(nn.Module):
+    """Backbone (submodule 'backbone') + pre-training head (submodule 'head'); config: a FrozenConfigDict."""
+
+    config: ml_collections.FrozenConfigDict
+
+    def setup(self):
+        self.backbone = make_backbone(self.config)
+        self.head = make_head(self.config)
+
+    def __call__(
+        self,
+        batch: dict,
+        *,
+        attention: str | None = None,
+        prefix_length: jax.Array | None = None,
+        head_inputs: dict | None = None,
+    ) -> dict[str, jax.Array]:
+        """batch: 'patches' uint8 [B,N,P*P*3], 'coords' [B,N,2], 'grid' [B,2], 'length' [B].
+
+        Returns 'pred' float32 [B,N,P*P*3] where pred[:, j] predicts patch j: from backbone position j-1
+        (pred[:, 0] = 0) or, with sos_token, from position j of [SOS, p_0, .., p_{N-2}]; 'aligned' [B,N,D],
+        the features the head consumed (aligned the same way; zeros at 0 without SOS); and the backbone
+        intermediates ('embed', 'block_i', 'encoded'). head_inputs: extra keyword inputs of the head.
+        """
+        sos = bool(self.config.sos_token)
+        x, intermediates = self.backbone(
+            batch["patches"],
+            batch["coords"],
+            batch["grid"],
+            batch["length"],
+            attention=attention,
+            prefix_length=prefix_length,
+            prepend_sos=sos,
+        )
+        if sos:
+            aligned = x
+        else:
+            aligned = jnp.concatenate([jnp.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
+        pred = self.head(aligned, **(head_inputs or {})).astype(jnp.float32)
+        if not sos:
+            pred = pred.at[:, 0].set(0.0)
+        return {"pred": pred, "aligned": aligned, **intermediates}
+
+
+def make_model(model_cfg) -> Model:
+    """Builds the Model described by model_cfg (model.* keys; missing keys take their defaults)."""
+    return Model(ml_collections.FrozenConfigDict(resolve_model_config(model_cfg)))

@@ -1,0 +1,95 @@
+"""AIM's attentive probe head over frozen backbone features, with padding tokens excluded everywhere.
+
+MaskedBatchNorm (no scale, no bias; statistics over real tokens only) -> one learned query attending to
+the tokens (multi-head, keys/values without bias, padding keys masked) -> [optional MAP: x + MLP(LN(x))]
+-> linear classifier.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from naraim.model.vit import MlpBlock
+
+
+def real_token_mask(length: jax.Array, num_tokens: int) -> jax.Array:
+    """bool [B,N]: True where the token index < length."""
+    return jnp.arange(num_tokens)[None, :] < length[:, None]
+
+
+class MaskedBatchNorm(nn.Module):
+    """BatchNorm over the real tokens of the batch (per channel), without scale or bias.
+
+    train: normalises with the batch statistics of real tokens and updates the running averages in the
+    'batch_stats' collection (pass mutable=['batch_stats']); eval: uses the running averages.
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
+        """x [B,N,D], mask bool [B,N] -> float32 [B,N,D]."""
+        x = x.astype(jnp.float32)
+        dim = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (dim,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (dim,), jnp.float32)
+        if train:
+            w = mask.astype(jnp.float32)[..., None]
+            count = jnp.maximum(w.sum(), 1.0)
+            mean = (x * w).sum(axis=(0, 1)) / count
+            var = (jnp.square(x - mean) * w).sum(axis=(0, 1)) / count
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        return (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+
+
+class ProbeHead(nn.Module):
+    """Attentive probe: features [B,N,D], length [B] -> logits float32 [B, num_classes].
+
+    The learned query [D] is split into heads directly (as in AIM); keys and values are Dense without bias.
+    use_map_mlp adds big_vision's MAP block after pooling: x + MLP(LN(x)) with hidden width 4D.
+    """
+
+    num_classes: int
+    num_heads: int
+    use_map_mlp: bool = False
+
+    @nn.compact
+    def __call__(self, features: jax.Array, length: jax.Array, train: bool) -> jax.Array:
+        batch, num_tokens, dim = features.shape
+        if dim % self.num_heads:
+            raise ValueError(f"probe width {dim} is not divisible by num_heads {self.num_heads}")
+        head_dim = dim // self.num_heads
+        mask = real_token_mask(length, num_tokens)
+        x = MaskedBatchNorm(name="bn")(features, mask, train)
+        query = self.param("query", nn.initializers.normal(0.02), (dim,))
+        q = jnp.broadcast_to(
+            query.reshape(1, 1, self.num_heads, head_dim), (batch, 1, self.num_heads, head_dim)
+        )
+        k = nn.DenseGeneral((self.num_heads, head_dim), use_bias=False, name="key")(x)
+        v = nn.DenseGeneral((self.num_heads, head_dim), use_bias=False, name="value")(x)
+        pooled = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
+        pooled = pooled.reshape(batch, dim)
+        if self.use_map_mlp:
+            y = nn.LayerNorm(epsilon=1e-6, name="map_norm")(pooled)
+            pooled = pooled + MlpBlock(4 * dim, name="map_mlp")(y)
+        return nn.Dense(self.num_classes, name="classifier")(pooled)
+
+
+def probe_features(
+    intermediates: dict[str, jax.Array], depth: int, block: int | None = None, last_k: int = 6
+) -> jax.Array:
+    """The probe's input [B,N,D]: intermediates['block_<block>'] (negative counts from the end), or with
+    block None the mean of the last min(last_k, depth) blocks' outputs (AIM's default k = 6)."""
+    if block is not None:
+        index = block % depth if block < 0 else block
+        if not 0 <= index < depth:
+            raise ValueError(f"probe block {block} is outside a backbone of depth {depth}")
+        return intermediates[f"block_{index}"]
+    k = max(1, min(last_k, depth))
+    stacked = jnp.stack([intermediates[f"block_{i}"].astype(jnp.float32) for i in range(depth - k, depth)])
+    return stacked.mean(axis=0)

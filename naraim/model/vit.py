@@ -1,0 +1,171 @@
+"""ViT encoder: uint8 patches -> patch + position embedding -> pre-LN blocks -> final LayerNorm."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from naraim.model import posemb
+from naraim.model.attention import SelfAttention, attention_mask
+from naraim.model.config import remat_policy, resolve_model_config
+from naraim.model.sizes import get_size
+
+# Fixed pixel normalisation (ImageNet mean / std of RGB in [0, 1]).
+PIXEL_MEAN = (0.485, 0.456, 0.406)
+PIXEL_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_pixels(patches: jax.Array) -> jax.Array:
+    """uint8 [B,N,P*P*3] in (row, col, channel) order -> float32 (x/255 - mean) / std per channel."""
+    x = patches.astype(jnp.float32).reshape(*patches.shape[:-1], -1, 3) / 255.0
+    x = (x - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
+    return x.reshape(patches.shape)
+
+
+class MlpBlock(nn.Module):
+    """Dense(mlp_dim) -> GELU -> Dense(D)."""
+
+    mlp_dim: int
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1")(x)
+        y = nn.gelu(y)
+        return nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(y)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x)). Returns (x, x) so it can be scanned."""
+
+    heads: int
+    mlp_dim: int
+    dtype: str = "float32"
+    attention_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, rope_angles: jax.Array | None):
+        """x [B,N,D], mask bool [B,1,N,N], rope_angles [B,N,Dh/2] or None -> (x, x)."""
+        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
+        y = SelfAttention(self.heads, self.dtype, self.attention_impl, name="attn")(y, mask, rope_angles)
+        x = x + y
+        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
+        x = x + MlpBlock(self.mlp_dim, self.dtype, name="mlp")(y)
+        return x, x
+
+
+class ViT(nn.Module):
+    """Vision Transformer over padded token sequences; see __call__ for shapes.
+
+    Parameters are float32; activations use `dtype`. With `scan` the blocks' parameters are stacked under
+    'blocks' (leading axis = depth) instead of 'block_0'..'block_{L-1}'.
+    """
+
+    width: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    patch: int
+    posemb: str = "absolute_sincos_2d"
+    attention: str = "prefix_causal"
+    dtype: str = "float32"
+    remat: str = ""
+    scan: bool = False
+    rope_base: float = 10000.0
+    learned_posemb_max_side: int = 256
+    attention_impl: str | None = None
+
+    @nn.compact
+    def __call__(
+        self,
+        patches: jax.Array,
+        coords: jax.Array,
+        grid: jax.Array,
+        length: jax.Array,
+        *,
+        attention: str | None = None,
+        prefix_length: jax.Array | None = None,
+        prepend_sos: bool = False,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Encodes a batch.
+
+        patches uint8 [B,N,P*P*3], coords int32 [B,N,2], grid int32 [B,2], length int32 [B].
+        attention: mode override (None -> self.attention). prefix_length int32 [B] for 'prefix_causal'.
+        prepend_sos: the sequence becomes [SOS, x_0, .., x_{N-2}] (learned SOS vector 'sos'; the last token
+          is dropped so N stays fixed; rotary SOS position = (0, 0), no additive position on SOS).
+        Returns (x [B,N,D] final-LN output, intermediates) with intermediates 'embed' (after patch + position
+        embedding), 'block_0'..'block_{L-1}' (block outputs, pre final LN) and 'encoded' (= x), all [B,N,D].
+        """
+        mode = attention or self.attention
+        num_tokens = patches.shape[1]
+        x = nn.Dense(self.width, dtype=self.dtype, name="embed")(normalize_pixels(patches))
+        if self.posemb == "absolute_sincos_2d":
+            x = x + posemb.absolute_sincos_2d(coords, self.width).astype(x.dtype)
+        elif self.posemb == "fractional":
+            x = x + posemb.Fractional(self.width, name="posemb")(coords, grid).astype(x.dtype)
+        elif self.posemb == "learned":
+            x = x + posemb.Learned(self.width, self.learned_posemb_max_side, name="posemb")(coords).astype(
+                x.dtype
+            )
+        elif self.posemb not in posemb.POSEMBS:
+            raise ValueError(f"unknown posemb {self.posemb!r}; expected one of {posemb.POSEMBS}")
+
+        head_dim = self.width // self.heads
+        angles = None
+        if self.posemb == "rope_1d":
+            angles = posemb.rope_angles_1d(coords, grid, head_dim, self.rope_base)
+        elif self.posemb == "rope_2d":
+            angles = posemb.rope_angles_2d(coords, head_dim, self.rope_base)
+
+        if prepend_sos:
+            sos = self.param("sos", nn.initializers.normal(0.02), (self.width,))
+            sos = jnp.broadcast_to(sos.astype(x.dtype), (x.shape[0], 1, self.width))
+            x = jnp.concatenate([sos, x[:, :-1]], axis=1)
+            if angles is not None:
+                angles = jnp.concatenate([jnp.zeros_like(angles[:, :1]), angles[:, :-1]], axis=1)
+
+        mask = attention_mask(length, num_tokens, mode, prefix_length)
+        intermediates = {"embed": x}
+        block_cls = Block
+        if self.remat:
+            block_cls = nn.remat(Block, policy=remat_policy(self.remat), prevent_cse=not self.scan)
+        if self.scan:
+            blocks = nn.scan(
+                block_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=self.depth,
+            )(self.heads, self.mlp_dim, self.dtype, self.attention_impl, name="blocks")
+            x, stacked = blocks(x, mask, angles)
+            for i in range(self.depth):
+                intermediates[f"block_{i}"] = stacked[i]
+        else:
+            for i in range(self.depth):
+                x, _ = block_cls(
+                    self.heads, self.mlp_dim, self.dtype, self.attention_impl, name=f"block_{i}"
+                )(x, mask, angles)
+                intermediates[f"block_{i}"] = x
+        x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
+        intermediates["encoded"] = x
+        return x, intermediates
+
+
+def make_backbone(model_cfg) -> ViT:
+    """Builds the ViT described by model_cfg (model.* keys; missing keys take their defaults)."""
+    cfg = resolve_model_config(model_cfg)
+    size = get_size(cfg.variant)
+    return ViT(
+        width=size["width"],
+        depth=size["depth"],
+        heads=size["heads"],
+        mlp_dim=size["mlp_dim"],
+        patch=size["patch"],
+        posemb=cfg.posemb,
+        attention=cfg.attention,
+        dtype=cfg.dtype,
+        remat=cfg.remat,
+        scan=cfg.scan,
+        rope_base=float(cfg.rope_base),
+        learned_posemb_max_side=cfg.learned_posemb_max_side,
+        attention_impl=cfg.attention_impl or None,
+    )
