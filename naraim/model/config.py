@@ -26,10 +26,12 @@ def default_model_config() -> ml_collections.ConfigDict:
     c.variant = "B/14"  # "<size>/<patch>" (see naraim.model.sizes.SIZES) or "AIM-0.6B" .. "AIM-7B"
     c.posemb = "absolute_sincos_2d"  # one of naraim.model.posemb.POSEMBS
     c.attention = "prefix_causal"  # 'causal' | 'prefix_causal' | 'bidirectional'
-    c.head = "linear"  # pre-training head: 'linear' | 'mlp' (| 'denoising', DARL)
+    c.head = "linear"  # pre-training head: 'linear' | 'mlp' | 'denoising' (DARL: loss.objective='diffusion')
     c.head_depth = 12  # mlp head: residual MLP blocks
     c.head_width = 0  # mlp head: hidden width of each block; 0 = the backbone's mlp_dim
     c.dtype = "float32"  # compute dtype ('float32' | 'bfloat16'); parameters are always float32
+    # denoising head (DARL): transformer blocks over [feature, noisy patch]; width/heads 0 = the backbone's
+    c.denoiser = ml_collections.ConfigDict(dict(depth=1, width=0, heads=0, mlp_ratio=4.0))
     c.remat = ""  # '' = off, else a policy name in REMAT_POLICIES
     c.scan = False  # nn.scan over the blocks (faster compile for deep models; changes the param tree)
     c.sos_token = False  # DARL: learned start-of-sequence token prepended, last input patch dropped

@@ -6,11 +6,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from naraim.model.config import resolve_model_config
+from naraim.model.denoiser import make_denoiser
 from naraim.model.heads import LinearHead, MLPHead
 from naraim.model.sizes import get_size
 from naraim.model.vit import make_backbone
 
-HEADS = ("linear", "mlp")
+HEADS = ("linear", "mlp", "denoising")
 
 
 def make_head(cfg: ml_collections.ConfigDict) -> nn.Module:
@@ -22,6 +23,8 @@ def make_head(cfg: ml_collections.ConfigDict) -> nn.Module:
         return LinearHead(out_dim, cfg.dtype)
     if cfg.head == "mlp":
         return MLPHead(out_dim, cfg.head_depth, cfg.head_width or size["mlp_dim"], cfg.dtype)
+    if cfg.head == "denoising":
+        return make_denoiser(cfg, out_dim, size["width"], size["heads"])
     raise ValueError(f"unknown head {cfg.head!r}; expected one of {HEADS}")
 
 
