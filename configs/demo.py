@@ -1,0 +1,45 @@
+"""A few-minute CPU demo: a tiny ViT pre-trained on the embedded synthetic images.
+
+naraim   native aspect ratio (64x64-pixel area, patch 8, up to 64 tokens), prefix-causal, normalized pixels
+aim      the same model on square RandomResizedCrop images
+"""
+
+from naraim.train.config import apply_variant, default_pretrain_config
+from naraim.train.recipes import square_aim_data
+
+
+def _naraim(cfg):
+    cfg.model.variant = "Pico/8"
+    cfg.model.posemb = "absolute_sincos_2d"
+    cfg.model.attention = "prefix_causal"
+    cfg.data.source = "synthetic"
+    cfg.data.image_size = 64
+    cfg.data.max_tokens = 64
+    cfg.data.transforms = ("native_aspect_ratio_resize", "horizontal_flip")
+    cfg.data.eval_transforms = ("native_aspect_ratio_resize",)
+
+
+def _aim(cfg):
+    _naraim(cfg)
+    square_aim_data(cfg)
+
+
+VARIANTS = {"naraim": _naraim, "aim": _aim}
+
+
+def get_config(arg: str | None = None):
+    cfg = default_pretrain_config()
+    cfg.total_steps = 400
+    cfg.batch_size = 32
+    cfg.log_every = 20
+    cfg.eval_every = 200
+    cfg.checkpoint_every = 200
+    cfg.keep_every = 0
+    cfg.optim.lr = 2e-3
+    cfg.optim.warmup_steps = 40
+    cfg.optim.cooldown_steps = 40
+    cfg.eval.num_examples = 128
+    cfg.eval.batch_size = 32
+    cfg.eval.num_images = 6
+    cfg.wandb.mode = "disabled"
+    return apply_variant(cfg, arg or "naraim", VARIANTS)

@@ -1,0 +1,45 @@
+"""NARAIM ViT-B/14 pre-training (the paper's Table 1 rows).
+
+base          native aspect ratio, absolute 2D sin-cos position embedding, normalized-pixel targets, no
+random crop
+fractional    base + fractional position embedding
+random_crop   fractional + NARAIM random crop (area [0.4, 1], aspect [3/4, 4/3], kept at native aspect ratio)
+no_norm       base with raw-pixel targets (no per-patch normalisation)
+"""
+
+from naraim.train.config import apply_variant, default_pretrain_config
+
+
+def _base(cfg):
+    cfg.model.variant = "B/14"
+    cfg.model.posemb = "absolute_sincos_2d"
+    cfg.model.attention = "prefix_causal"
+    cfg.model.dtype = "bfloat16"
+    cfg.data.source = "tfds:imagenet2012"
+    cfg.data.image_size = 224
+    cfg.data.max_tokens = 256
+    cfg.data.transforms = ("native_aspect_ratio_resize", "horizontal_flip")
+    cfg.data.eval_transforms = ("native_aspect_ratio_resize",)
+    cfg.loss.norm_pix = True
+
+
+def _fractional(cfg):
+    _base(cfg)
+    cfg.model.posemb = "fractional"
+
+
+def _random_crop(cfg):
+    _fractional(cfg)
+    cfg.data.transforms = ("random_crop_native", "native_aspect_ratio_resize", "horizontal_flip")
+
+
+def _no_norm(cfg):
+    _base(cfg)
+    cfg.loss.norm_pix = False
+
+
+VARIANTS = {"base": _base, "fractional": _fractional, "random_crop": _random_crop, "no_norm": _no_norm}
+
+
+def get_config(arg: str | None = None):
+    return apply_variant(default_pretrain_config(), arg or "base", VARIANTS)

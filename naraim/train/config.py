@@ -1,0 +1,117 @@
+"""The full pre-training config (model + data + trainer keys) and its validation, run before anything
+heavy."""
+
+import jax
+import ml_collections
+
+from naraim.data.config import default_data_config, validate_data_config
+from naraim.errors import UserError
+from naraim.model.config import default_model_config, validate_model_config
+from naraim.model.sizes import patch_size
+
+WANDB_MODES = ("disabled", "offline", "online")
+SCHEDULES = ("naraim", "cosine", "constant")
+
+
+def default_pretrain_config() -> ml_collections.ConfigDict:
+    """Every key of a pre-training run with the NARAIM reference defaults (NOTES.md)."""
+    cfg = ml_collections.ConfigDict()
+    cfg.variant = ""  # name of the config file's variant (set by apply_variant)
+    cfg.seed = 0
+    cfg.total_steps = 500_000
+    cfg.batch_size = 512  # global, over all devices and processes
+    cfg.micro_batches = 1  # gradient accumulation: the batch is split into this many micro-batches per step
+    cfg.log_every = 100
+    cfg.eval_every = 10_000
+    cfg.checkpoint_every = 5_000
+    cfg.keep_checkpoints = 3  # the newest ones ...
+    cfg.keep_every = 100_000  # ... plus every step divisible by this (0: none)
+    cfg.progress_bar = True
+
+    cfg.model = default_model_config()
+    cfg.data = default_data_config()
+
+    cfg.optim = ml_collections.ConfigDict()
+    cfg.optim.schedule = "naraim"  # 'naraim' | 'cosine' | 'constant'
+    cfg.optim.lr = 1e-3
+    cfg.optim.warmup_steps = 5_000
+    cfg.optim.decay_rate = 0.1  # naraim: lr reaches lr * decay_rate at the end of the run
+    cfg.optim.cooldown_steps = 10_000  # naraim: linear ramp to 0 over the last steps
+    cfg.optim.end_lr = 0.0  # cosine
+    cfg.optim.b1 = 0.9
+    cfg.optim.b2 = 0.98
+    cfg.optim.eps = 1e-8
+    cfg.optim.weight_decay = 0.01
+    cfg.optim.clip_norm = 1.0  # 0: no clipping
+
+    cfg.loss = ml_collections.ConfigDict()
+    cfg.loss.norm_pix = True
+    cfg.loss.objective = "mse"
+
+    cfg.mesh = ml_collections.ConfigDict()
+    cfg.mesh.fsdp = False  # shard params and optimizer state over the data axis
+
+    cfg.eval = ml_collections.ConfigDict()
+    cfg.eval.num_examples = 1_000  # fixed held-out images for validation MSE (first N of data.val_split)
+    cfg.eval.batch_size = 64
+    cfg.eval.num_images = 8  # reconstruction grid
+    cfg.eval.error_map_bins = 16
+
+    cfg.wandb = ml_collections.ConfigDict()
+    cfg.wandb.mode = "offline"  # 'disabled' | 'offline' (into WORKDIR/wandb) | 'online'
+    cfg.wandb.project = "naraim"
+    cfg.wandb.name = ""  # '' -> workdir basename
+    return cfg
+
+
+def _positive(cfg: ml_collections.ConfigDict, *keys: str) -> None:
+    for key in keys:
+        if int(cfg[key]) < 1:
+            raise UserError(f"{key}={cfg[key]} must be at least 1")
+
+
+def validate_pretrain_config(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Raises UserError naming the first bad value. num_devices defaults to jax.device_count()."""
+    _positive(
+        cfg, "total_steps", "batch_size", "micro_batches", "log_every", "eval_every", "checkpoint_every"
+    )
+    p = patch_size(cfg.model.variant)
+    validate_data_config(cfg.data, p)
+    validate_model_config(cfg.model, p, cfg.data.max_tokens)
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    divisor = num_devices * cfg.micro_batches
+    if cfg.batch_size % divisor:
+        raise UserError(
+            f"batch_size={cfg.batch_size} is not divisible by {num_devices} devices x micro_batches="
+            f"{cfg.micro_batches}; use a multiple of {divisor}"
+        )
+    if cfg.batch_size % jax.process_count():
+        raise UserError(f"batch_size={cfg.batch_size} is not divisible by {jax.process_count()} processes")
+    if cfg.optim.schedule not in SCHEDULES:
+        raise UserError(f"optim.schedule={cfg.optim.schedule!r}; use one of {', '.join(SCHEDULES)}")
+    if cfg.optim.lr <= 0 or cfg.optim.warmup_steps < 0 or cfg.optim.cooldown_steps < 0:
+        raise UserError("optim.lr must be > 0 and optim.warmup_steps, optim.cooldown_steps >= 0")
+    if cfg.optim.warmup_steps + cfg.optim.cooldown_steps > cfg.total_steps:
+        raise UserError(
+            f"optim.warmup_steps + optim.cooldown_steps = "
+            f"{cfg.optim.warmup_steps + cfg.optim.cooldown_steps} "
+            f"exceed total_steps={cfg.total_steps}; shorten them or train longer"
+        )
+    if cfg.loss.objective != "mse":
+        raise UserError(f"loss.objective={cfg.loss.objective!r} is not supported by this trainer; use 'mse'")
+    if cfg.wandb.mode not in WANDB_MODES:
+        raise UserError(f"wandb.mode={cfg.wandb.mode!r}; use one of {', '.join(WANDB_MODES)}")
+    if cfg.eval.batch_size % num_devices:
+        raise UserError(f"eval.batch_size={cfg.eval.batch_size} is not divisible by {num_devices} devices")
+    if cfg.eval.num_examples < 0 or cfg.eval.batch_size < 1 or cfg.eval.num_images < 0:
+        raise UserError("eval.num_examples >= 0, eval.batch_size >= 1 and eval.num_images >= 0 are required")
+
+
+def apply_variant(cfg: ml_collections.ConfigDict, variant: str, variants: dict) -> ml_collections.ConfigDict:
+    """Applies variants[variant](cfg) in place and records the name in cfg.variant; unknown names ->
+    UserError."""
+    if variant not in variants:
+        raise UserError(f"unknown config variant {variant!r}: use one of {', '.join(variants)}")
+    variants[variant](cfg)
+    cfg.variant = variant
+    return cfg

@@ -1,0 +1,130 @@
+"""Pre-training evaluation on a fixed held-out set: next-patch MSE, per-position error maps, reconstructions.
+
+Evaluation uses causal attention (no random prefix) so numbers are deterministic and comparable across
+recipes.
+Position bins follow NARAIM Appendix E: patch index j of an image with n real patches maps to j/n in [0, 1),
+split into `error_map_bins` bins.
+"""
+
+import os
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from naraim.data.pipeline import make_eval_iterator
+from naraim.model.sizes import patch_size
+from naraim.train import plots
+from naraim.train.loss import loss_weights, per_patch_error
+from naraim.train.mesh import global_batch, replicated
+from naraim.train.step import MODEL_INPUTS
+
+
+def unnormalize(pred, patches, norm_pix: bool):
+    """Predictions [.., K] back to pixels in [0,1]: with norm_pix, using the target patch's own mean and
+    std."""
+    if not norm_pix:
+        return (pred + 1.0) / 2.0
+    x = patches.astype(jnp.float32) / 255.0
+    return pred * jnp.sqrt(x.var(-1, keepdims=True) + 1e-6) + x.mean(-1, keepdims=True)
+
+
+def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_sharding) -> Callable:
+    """Returns eval_step(params, batch) -> dict of replicated sums for one global batch:
+    err_sum, count (scalars), bin_sum/bin_count [bins], pos_sum/pos_count [N], and for the first
+    cfg.eval.num_images examples: pred_pixels [n,N,K] in [0,1], patches, coords, grid, length."""
+    bins = cfg.eval.error_map_bins
+    n_img = cfg.eval.num_images
+    first = 0 if cfg.model.get("sos_token", False) else 1
+    norm_pix = cfg.loss.norm_pix
+
+    def eval_step(params, batch):
+        inputs = {k: batch[k] for k in MODEL_INPUTS}
+        out = model.apply({"params": params}, inputs, attention="causal")
+        n = inputs["patches"].shape[1]
+        err = per_patch_error(out["pred"], inputs["patches"], norm_pix)
+        w = loss_weights(inputs["length"], first, n) * batch["valid"][:, None].astype(jnp.float32)
+        rel = jnp.arange(n)[None, :] / inputs["length"][:, None]
+        b = jnp.clip(jnp.floor(rel * bins).astype(jnp.int32), 0, bins - 1)
+        onehot = jax.nn.one_hot(b, bins) * w[..., None]
+        return {
+            "err_sum": jnp.sum(err * w),
+            "count": jnp.sum(w),
+            "bin_sum": jnp.einsum("bnk,bn->k", onehot, err),
+            "bin_count": onehot.sum((0, 1)),
+            "pos_sum": jnp.sum(err * w, 0),
+            "pos_count": jnp.sum(w, 0),
+            "pred_pixels": unnormalize(out["pred"][:n_img], inputs["patches"][:n_img], norm_pix),
+            **{k: inputs[k][:n_img] for k in MODEL_INPUTS},
+        }
+
+    return jax.jit(eval_step, in_shardings=(params_sharding, None), out_shardings=replicated(mesh))
+
+
+class Evaluator:
+    """run(params, step) -> {'loss': validation next-patch MSE, 'num_targets'}; writes the PNGs into the
+    workdir
+    (error_by_position_<step>.png, error_grid_<step>.png for fixed square grids,
+    reconstructions_<step>.png)."""
+
+    def __init__(self, model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_sharding, workdir: str):
+        self.cfg, self.mesh, self.workdir = cfg, mesh, workdir
+        self.patch = patch_size(cfg.model.variant)
+        self._step = make_eval_step(model, cfg, mesh, params_sharding)
+
+    def _iterator(self):
+        return make_eval_iterator(
+            self.cfg.data,
+            split=self.cfg.data.val_split,
+            patch_size=self.patch,
+            global_batch_size=self.cfg.eval.batch_size,
+            max_examples=self.cfg.eval.num_examples,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+
+    def run(self, params, step: int) -> tuple[dict, list[str]]:
+        """Returns (metrics, paths of the PNGs written)."""
+        totals, first, grids = None, None, set()
+        for local in self._iterator():
+            out = jax.device_get(self._step(params, global_batch(local, self.mesh)))
+            grids.update(map(tuple, np.asarray(local["grid"])[np.asarray(local["valid"])]))
+            if first is None:
+                first = out
+            keys = ("err_sum", "count", "bin_sum", "bin_count", "pos_sum", "pos_count")
+            totals = {k: out[k] if totals is None else totals[k] + out[k] for k in keys}
+        if totals is None or totals["count"] == 0:
+            return {}, []
+        metrics = {"loss": float(totals["err_sum"] / totals["count"]), "num_targets": int(totals["count"])}
+        paths = [] if jax.process_index() else self._plots(step, totals, first, grids)
+        return metrics, paths
+
+    def _plots(self, step: int, totals: dict, first: dict, grids: set) -> list[str]:
+        paths = []
+        by_bin = totals["bin_sum"] / np.maximum(totals["bin_count"], 1)
+        path = os.path.join(self.workdir, f"error_by_position_{step}.png")
+        plots.save_error_by_position(by_bin, path, f"validation error by position, step {step}")
+        paths.append(path)
+        if len(grids) == 1:
+            rows, cols = next(iter(grids))
+            if rows * cols <= len(totals["pos_sum"]):
+                grid_err = (totals["pos_sum"] / np.maximum(totals["pos_count"], 1))[: rows * cols].reshape(
+                    rows, cols
+                )
+                path = os.path.join(self.workdir, f"error_grid_{step}.png")
+                plots.save_error_grid(grid_err, path, f"validation error by patch, step {step}")
+                paths.append(path)
+        if self.cfg.eval.num_images:
+            targets, preds = [], []
+            for i in range(len(first["length"])):
+                args = (first["coords"][i], first["grid"][i], first["length"][i], self.patch)
+                targets.append(plots.patches_to_image(first["patches"][i] / 255.0, *args))
+                preds.append(plots.patches_to_image(first["pred_pixels"][i], *args))
+            path = os.path.join(self.workdir, f"reconstructions_{step}.png")
+            plots.save_reconstructions(targets, preds, path, f"validation reconstructions, step {step}")
+            paths.append(path)
+        return paths

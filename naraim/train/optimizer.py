@@ -1,0 +1,58 @@
+"""AdamW with gradient clipping and weight decay only on weight matrices (not norms, biases or embeddings)."""
+
+import re
+
+import jax
+import optax
+from ml_collections import ConfigDict
+
+from naraim.train.schedules import make_schedule
+
+# Path components naming position-embedding tables/layers, the SOS token and the probe's learned query.
+_NO_DECAY_PATTERN = re.compile(r"pos|sos|query", re.IGNORECASE)
+
+
+def _key_name(key) -> str:
+    return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+
+
+def decays(path: tuple, leaf) -> bool:
+    """True for weights that get weight decay: Dense/DenseGeneral kernels outside position embeddings.
+
+    Norm scales and biases are not kernels; the position-embedding layers and tables, the SOS token and the
+    probe
+    query are recognised by name (any path component matching 'pos', 'sos' or 'query'). Works for params
+    stacked
+    by nn.scan, where biases and scales are not vectors.
+    """
+    names = [_key_name(k) for k in path]
+    return names[-1] == "kernel" and not any(_NO_DECAY_PATTERN.search(n) for n in names)
+
+
+def decay_mask(params):
+    """A pytree of bools like `params`: True where weight decay applies."""
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(
+    optim: ConfigDict, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Global-norm clipping (optim.clip_norm, 0 = off) then AdamW(lr schedule, b1, b2, eps, weight_decay).
+
+    Returns (optimizer, schedule); the schedule maps the optimizer step to the learning rate for logging.
+    """
+    schedule = make_schedule(optim, total_steps)
+    parts = []
+    if optim.clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(optim.clip_norm))
+    parts.append(
+        optax.adamw(
+            schedule,
+            b1=optim.b1,
+            b2=optim.b2,
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
+            mask=decay_mask,
+        )
+    )
+    return optax.chain(*parts), schedule

@@ -1,0 +1,140 @@
+"""Train state and the single jitted pre-training step (gradient accumulation, prefix draw, NaN guard)."""
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from ml_collections import ConfigDict
+
+from naraim.model.sizes import patch_size
+from naraim.train.loss import loss_weights, per_patch_error
+from naraim.train.mesh import DATA_AXIS, state_shardings
+
+MODEL_INPUTS = ("patches", "coords", "grid", "length")
+
+
+def dummy_batch(cfg: ConfigDict, batch_size: int) -> dict:
+    """Zero inputs with the run's static shapes (length 1), for initialisation and shape inference."""
+    p = patch_size(cfg.model.variant)
+    n = cfg.data.max_tokens
+    return {
+        "patches": jnp.zeros((batch_size, n, p * p * 3), jnp.uint8),
+        "coords": jnp.zeros((batch_size, n, 2), jnp.int32),
+        "grid": jnp.ones((batch_size, 2), jnp.int32),
+        "length": jnp.ones((batch_size,), jnp.int32),
+    }
+
+
+def draw_prefix(rng, length, attention: str, sos_token: bool):
+    """Per-example prefix length (int32 [B], or None) and first target index in the loss (int32 [B]).
+
+    prefix_causal: k uniform in {1, ..., length-1} (k = 1 when length == 1); targets j < k are not in the
+    loss.
+    causal: no prefix; the first target is 0 with an SOS token, else 1 (patch 0 has nothing to predict it
+    from).
+    """
+    if attention == "prefix_causal":
+        u = jax.random.uniform(rng, length.shape)
+        span = jnp.maximum(length - 1, 1)
+        k = 1 + jnp.minimum(jnp.floor(u * span).astype(jnp.int32), span - 1)
+        return k, k
+    first = jnp.full(length.shape, 0 if sos_token else 1, jnp.int32)
+    return None, first
+
+
+def init_state(model: nn.Module, optimizer: optax.GradientTransformation, cfg: ConfigDict, mesh: Mesh):
+    """Creates {'params', 'opt_state', 'step', 'rng'} directly in its (replicated or FSDP) sharding.
+
+    Returns (state, shardings).
+    """
+
+    def init():
+        rng = jax.random.PRNGKey(cfg.seed)
+        params = model.init(jax.random.fold_in(rng, 0), dummy_batch(cfg, 1))["params"]
+        return {
+            "params": params,
+            "opt_state": optimizer.init(params),
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.fold_in(rng, 1),
+        }
+
+    shardings = state_shardings(mesh, jax.eval_shape(init), cfg.mesh.fsdp)
+    return jax.jit(init, out_shardings=shardings)(), shardings
+
+
+def make_train_step(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    cfg: ConfigDict,
+    mesh: Mesh,
+    shardings,
+) -> Callable:
+    """Returns step(state, batch) -> (state, metrics), jitted once with the state donated.
+
+    batch: the global batch contract arrays sharded along 'data'. The loss is the mean per-patch squared
+    error over
+    all weighted targets of the global batch; with cfg.micro_batches = M the batch is split into M strided
+    micro-batches (each spans every device) whose gradients are summed inside a lax.scan. If the loss or the
+    gradient norm is not finite the state is returned unchanged and metrics['finite'] is False.
+    """
+    num_micro = cfg.micro_batches
+    norm_pix = cfg.loss.norm_pix
+    attention = cfg.model.attention
+    sos = bool(cfg.model.get("sos_token", False))
+    micro_sharding = NamedSharding(mesh, P(None, DATA_AXIS))
+
+    def summed_error(params, inputs, prefix, weights):
+        out = model.apply({"params": params}, inputs, prefix_length=prefix)
+        return jnp.sum(per_patch_error(out["pred"], inputs["patches"], norm_pix) * weights)
+
+    def step(state, batch):
+        rng = jax.random.fold_in(state["rng"], state["step"])
+        inputs = {k: batch[k] for k in MODEL_INPUTS}
+        prefix, first = draw_prefix(rng, inputs["length"], attention, sos)
+        weights = loss_weights(inputs["length"], first, inputs["patches"].shape[1])
+        count = jnp.maximum(jnp.sum(weights), 1.0)
+        grad_fn = jax.value_and_grad(summed_error)
+        if num_micro == 1:
+            err_sum, grads = grad_fn(state["params"], inputs, prefix, weights)
+        else:
+
+            def split(x):
+                x = x.reshape(x.shape[0] // num_micro, num_micro, *x.shape[1:]).swapaxes(0, 1)
+                return jax.lax.with_sharding_constraint(x, micro_sharding)
+
+            xs = jax.tree_util.tree_map(split, (inputs, prefix, weights))
+
+            def accumulate(carry, micro):
+                e, g = grad_fn(state["params"], *micro)
+                return jax.tree_util.tree_map(jnp.add, carry, (e, g)), None
+
+            zero = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, state["params"]))
+            (err_sum, grads), _ = jax.lax.scan(accumulate, zero, xs)
+        loss = err_sum / count
+        grads = jax.tree_util.tree_map(lambda g: g / count, grads)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_state = {
+            "params": keep(params, state["params"]),
+            "opt_state": keep(opt_state, state["opt_state"]),
+            "step": state["step"] + finite.astype(jnp.int32),
+            "rng": state["rng"],
+        }
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lr": schedule(state["step"]),
+            "finite": finite,
+            "num_targets": count,
+        }
+        return new_state, metrics
+
+    return jax.jit(step, in_shardings=(shardings, None), out_shardings=(shardings, None), donate_argnums=0)

@@ -1,0 +1,47 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from naraim.train.loss import loss_weights, next_patch_loss, patch_targets
+from naraim.train.step import draw_prefix
+
+
+def test_norm_pix_targets_are_standardised_per_patch():
+    patches = jax.random.randint(jax.random.PRNGKey(0), (2, 5, 48), 0, 256).astype(jnp.uint8)
+    t = patch_targets(patches, norm_pix=True)
+    np.testing.assert_allclose(t.mean(-1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(t.std(-1), 1.0, atol=1e-3)
+    raw = patch_targets(patches, norm_pix=False)
+    np.testing.assert_allclose(raw, np.asarray(patches, np.float32) / 255 * 2 - 1, atol=1e-6)
+
+
+def test_weights_cover_predicted_real_patches_only():
+    w = loss_weights(jnp.array([4, 2]), jnp.array([1, 0]), 5)
+    np.testing.assert_array_equal(w, [[0, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
+
+
+def test_loss_ignores_padding_and_prefix():
+    rng = np.random.default_rng(0)
+    patches = jnp.asarray(rng.integers(0, 256, (2, 6, 12)), jnp.uint8)
+    length, first = jnp.array([5, 3]), jnp.array([2, 1])
+    w = loss_weights(length, first, 6)
+    target = patch_targets(patches, True)
+    pred = target + 1.0  # error 1 on every patch
+    # corrupt everything outside the weighted patches: the loss must not change
+    pred = jnp.where(w[..., None] > 0, pred, 1e6)
+    assert float(next_patch_loss(pred, patches, w, True)) == pytest.approx(1.0)
+    # error 3 on one weighted patch among 3 + 2 = 5 -> (4*1 + 9) / 5
+    pred = pred.at[0, 3].add(2.0)
+    assert float(next_patch_loss(pred, patches, w, True)) == pytest.approx((4 + 9) / 5)
+
+
+def test_prefix_lengths_in_range():
+    length = jnp.array([1, 2, 5, 64] * 256)
+    k, first = draw_prefix(jax.random.PRNGKey(3), length, "prefix_causal", False)
+    k = np.asarray(k)
+    assert np.all(k >= 1) and np.all(k <= np.maximum(np.asarray(length) - 1, 1))
+    assert set(np.unique(k[np.asarray(length) == 5])) == {1, 2, 3, 4}
+    np.testing.assert_array_equal(first, k)
+    none, first = draw_prefix(jax.random.PRNGKey(3), length, "causal", sos_token=True)
+    assert none is None and int(first.max()) == 0
