@@ -1,0 +1,123 @@
+"""The `data.*` section of a config: defaults and validation."""
+
+import os
+
+import ml_collections
+
+from naraim.data import orderings
+from naraim.errors import UserError
+
+TRANSFORM_NAMES = (
+    "native_aspect_ratio_resize",
+    "fit_to_token_budget",
+    "random_crop_native",
+    "random_resized_crop",
+    "resize_shorter_center_crop",
+    "horizontal_flip",
+)
+# Transforms whose output sides are multiples of the patch size.
+SIZING_TRANSFORMS = (
+    "native_aspect_ratio_resize",
+    "fit_to_token_budget",
+    "random_resized_crop",
+    "resize_shorter_center_crop",
+)
+SOURCE_KINDS = ("synthetic", "folder:PATH", "tfds:NAME", "arrayrecord:GLOB")
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Every `data.*` key with its default: the NARAIM evaluation geometry on synthetic images."""
+    cfg = ml_collections.ConfigDict()
+    cfg.source = "synthetic"  # 'synthetic' | 'folder:PATH' | 'tfds:NAME' | 'arrayrecord:GLOB'
+    cfg.image_size = 224  # S: images are resized to about S*S pixels
+    cfg.max_tokens = 256  # N: token budget every example is padded to
+    cfg.transforms = ("native_aspect_ratio_resize", "horizontal_flip")  # training, applied in order
+    cfg.eval_transforms = ("native_aspect_ratio_resize",)
+    cfg.ordering = "raster"
+    cfg.num_workers = 0  # grain worker processes (0: decode in the main process)
+    cfg.read_threads = 4  # threads per process reading examples (PIL releases the GIL)
+    cfg.prefetch_batches = 2  # batches each worker process keeps ready
+    cfg.shuffle = True
+    cfg.train_split = "train"
+    cfg.val_split = "validation"
+    # random_crop_native / random_resized_crop: area fraction and width/height ranges (NARAIM and AIM).
+    cfg.crop_scale = (0.4, 1.0)
+    cfg.crop_ratio = (3 / 4, 4 / 3)
+    cfg.horizontal_flip_prob = 0.5
+    # folder:PATH without split folders: fraction of each class held out as the validation split.
+    cfg.holdout_fraction = 0.1
+    cfg.holdout_seed = 0
+    cfg.tfds_data_dir = ""  # '' -> TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+    cfg.synthetic = ml_collections.ConfigDict()
+    cfg.synthetic.num_classes = 10
+    cfg.synthetic.min_side = 64  # pixels, shorter side of the generated images is at least this
+    cfg.synthetic.max_side = 320  # pixels, longer side of the generated images is at most this
+    cfg.synthetic.train_size = 100_000
+    cfg.synthetic.validation_size = 2_000
+    cfg.synthetic.test_size = 2_000
+    return cfg
+
+
+def source_kind(source: str) -> tuple[str, str]:
+    """Splits `data.source` into (kind, argument): 'folder:/x' -> ('folder', '/x')."""
+    kind, _, arg = source.partition(":")
+    if kind == "synthetic" and not arg:
+        return kind, ""
+    if kind in ("folder", "tfds", "arrayrecord") and arg:
+        return kind, arg
+    raise UserError(
+        f"data.source={source!r} is not one of {', '.join(SOURCE_KINDS)}; pick one of those forms"
+    )
+
+
+def _check_transforms(name: str, transforms, image_size: int, patch_size: int, max_tokens: int) -> None:
+    transforms = tuple(transforms)
+    for t in transforms:
+        if t not in TRANSFORM_NAMES:
+            raise UserError(f"{name} has unknown transform {t!r}; known: {', '.join(TRANSFORM_NAMES)}")
+    sizing = [i for i, t in enumerate(transforms) if t in SIZING_TRANSFORMS]
+    crops = [i for i, t in enumerate(transforms) if t == "random_crop_native"]
+    if not sizing or (crops and crops[-1] > sizing[-1]):
+        raise UserError(
+            f"{name}={transforms} must end its geometry with one of {', '.join(SIZING_TRANSFORMS)} "
+            "(sides must become multiples of the patch size)"
+        )
+    full_grid = (image_size // patch_size) ** 2
+    if transforms[sizing[-1]] != "fit_to_token_budget" and max_tokens < full_grid:
+        raise UserError(
+            f"data.max_tokens={max_tokens} is below the {full_grid} patches of a {image_size}px image with "
+            f"patch {patch_size}; raise data.max_tokens or end {name} with 'fit_to_token_budget'"
+        )
+
+
+def validate_data_config(cfg: ml_collections.ConfigDict, patch_size: int) -> None:
+    """Raises UserError naming the first bad `data.*` value (cfg is the `data` section)."""
+    s, n = int(cfg.image_size), int(cfg.max_tokens)
+    if patch_size <= 0 or s <= 0 or s % patch_size:
+        raise UserError(
+            f"patch size {patch_size} does not divide data.image_size={s}; pick an image size that is a "
+            "multiple of the patch size"
+        )
+    if n < 1:
+        raise UserError(
+            f"data.max_tokens={n} is below one patch; use at least 1 (e.g. {(s // patch_size) ** 2})"
+        )
+    _check_transforms("data.transforms", cfg.transforms, s, patch_size, n)
+    _check_transforms("data.eval_transforms", cfg.eval_transforms, s, patch_size, n)
+    if int(cfg.num_workers) < 0:
+        raise UserError(f"data.num_workers={cfg.num_workers} is negative; use 0 or more worker processes")
+    lo, hi = cfg.crop_scale
+    if not 0 < lo <= hi <= 1:
+        raise UserError(f"data.crop_scale={tuple(cfg.crop_scale)} must satisfy 0 < lo <= hi <= 1")
+    lo, hi = cfg.crop_ratio
+    if not 0 < lo <= hi:
+        raise UserError(f"data.crop_ratio={tuple(cfg.crop_ratio)} must satisfy 0 < lo <= hi")
+    if not 0 < float(cfg.holdout_fraction) < 1:
+        raise UserError(f"data.holdout_fraction={cfg.holdout_fraction} must be strictly between 0 and 1")
+    syn = cfg.synthetic
+    if int(syn.num_classes) < 1 or not 1 <= int(syn.min_side) <= int(syn.max_side):
+        raise UserError("data.synthetic needs num_classes >= 1 and 1 <= min_side <= max_side")
+    kind, arg = source_kind(cfg.source)
+    if kind == "folder" and not os.path.isdir(arg):
+        raise UserError(f"image folder {arg!r} (data.source) does not exist; fix the path in data.source")
+    orderings.parse_ordering(cfg.ordering)

@@ -1,0 +1,225 @@
+"""grain pipelines producing batches of the batch contract (see CONTRACTS.md / DESIGN.md).
+
+Per example: source[i] -> decode (bad files skipped with a warning) -> transforms with an rng derived from
+(seed, epoch, i) -> tokens (patchify, pad to N) -> ordering. Training shuffles each epoch (seeded), shards
+by process, repeats forever and batches per process; its iterator's get_state()/set_state() resume
+mid-epoch with identical batches. Evaluation visits each example once and pads the last batch with
+examples whose 'valid' is False.
+"""
+
+import dataclasses
+import functools
+import logging
+import math
+
+import grain.python as grain
+import ml_collections
+import numpy as np
+
+from naraim.data import orderings
+from naraim.data.config import validate_data_config
+from naraim.data.decode import BadImageError, decode_image, upscale_to_patch
+from naraim.data.sources import Source, open_source
+from naraim.data.tokens import to_tokens
+from naraim.data.transforms import Transform, apply_transforms, make_transform, min_source_pixels
+from naraim.errors import UserError
+
+log = logging.getLogger("naraim.data")
+_skipped = {"count": 0}
+
+
+def skipped_examples() -> int:
+    """Bad examples skipped so far by this process (worker processes keep their own counts)."""
+    return _skipped["count"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleLoader:
+    """Turns a source index into one example of the batch contract (picklable, for worker processes)."""
+
+    source: Source
+    transforms: tuple[Transform, ...]
+    patch_size: int
+    max_tokens: int
+    seed: int
+    min_area: int
+    ordering: str
+
+    def decode(self, index: int) -> tuple[np.ndarray, int] | None:
+        """(RGB uint8 [H, W, 3], label) of source[index], or None (warned and counted) if unusable."""
+        name = f"example {index}"
+        try:
+            raw, label, name = self.source[index]
+            if isinstance(raw, np.ndarray):
+                return upscale_to_patch(raw, self.patch_size), int(label)
+            return decode_image(raw, patch_size=self.patch_size, min_area=self.min_area), int(label)
+        except (BadImageError, OSError) as e:
+            _skipped["count"] += 1
+            log.warning("skipping unusable image %s (%s); %d skipped so far", name, e, _skipped["count"])
+            return None
+
+    def tokens(self, image: np.ndarray, label: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        h, w = image.shape[:2]
+        ex = to_tokens(
+            apply_transforms(image, rng, self.transforms),
+            patch_size=self.patch_size,
+            max_tokens=self.max_tokens,
+        )
+        if self.ordering != "raster":
+            ex["patches"], ex["coords"] = orderings.apply_ordering(
+                ex["patches"], ex["coords"], ex["grid"], int(ex["length"]), self.ordering
+            )
+        ex["label"] = np.int32(label)
+        ex["aspect_ratio"] = np.float32(w / h)
+        return ex
+
+    def first_usable(self) -> int:
+        """Index of the first decodable example; UserError if the source has none."""
+        for i in range(len(self.source)):
+            if self.decode(i) is not None:
+                return i
+        raise UserError(f"{self.source!r} holds no usable image; check data.source and the files it names")
+
+    def train_example(self, shard_len: int, position: int, index: int) -> dict[str, np.ndarray]:
+        """Example at stream `position` (source `index`); a bad image is replaced by the next good one."""
+        epoch = position // shard_len
+        rng = np.random.default_rng([self.seed, epoch, index])
+        n = len(self.source)
+        for k in range(n):
+            decoded = self.decode((index + k) % n)
+            if decoded is not None:
+                return self.tokens(*decoded, rng)
+        raise UserError(f"{self.source!r} holds no usable image; check data.source and the files it names")
+
+    def eval_example(self, index: int, valid: bool) -> dict[str, np.ndarray]:
+        """Example `index` with 'valid'; padding and unusable images give an empty example, valid False."""
+        decoded = self.decode(index) if valid else None
+        if decoded is None:
+            return _empty_example(self.patch_size, self.max_tokens)
+        ex = self.tokens(*decoded, np.random.default_rng([self.seed, 0, index]))
+        ex["valid"] = np.bool_(True)
+        return ex
+
+
+def _empty_example(patch_size: int, max_tokens: int) -> dict[str, np.ndarray]:
+    return {
+        "patches": np.zeros((max_tokens, patch_size * patch_size * 3), np.uint8),
+        "coords": np.zeros((max_tokens, 2), np.int32),
+        "grid": np.ones(2, np.int32),
+        "length": np.int32(1),
+        "label": np.int32(-1),
+        "aspect_ratio": np.float32(1.0),
+        "valid": np.bool_(False),
+    }
+
+
+def _loader(
+    data_cfg: ml_collections.ConfigDict, split: str, names, patch_size: int, seed: int
+) -> ExampleLoader:
+    s, n = int(data_cfg.image_size), int(data_cfg.max_tokens)
+    transforms = tuple(
+        make_transform(
+            t,
+            image_size=s,
+            patch_size=patch_size,
+            max_tokens=n,
+            crop_scale=data_cfg.crop_scale,
+            crop_ratio=data_cfg.crop_ratio,
+            flip_prob=float(data_cfg.horizontal_flip_prob),
+        )
+        for t in names
+    )
+    return ExampleLoader(
+        source=open_source(data_cfg, split),
+        transforms=transforms,
+        patch_size=patch_size,
+        max_tokens=n,
+        seed=int(seed),
+        min_area=min_source_pixels(tuple(names), s, data_cfg.crop_scale),
+        ordering=data_cfg.ordering,
+    )
+
+
+def _per_process_batch(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size < 1 or global_batch_size % process_count:
+        raise UserError(
+            f"batch_size={global_batch_size} is not a positive multiple of the {process_count} processes; "
+            "change batch_size"
+        )
+    return global_batch_size // process_count
+
+
+def _to_batches(ds: grain.MapDataset, data_cfg: ml_collections.ConfigDict, batch: int) -> grain.IterDataset:
+    threads = max(1, int(data_cfg.read_threads))
+    read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(batch, 2 * threads))
+    it = ds.to_iter_dataset(read).batch(batch, drop_remainder=False)
+    if int(data_cfg.num_workers) > 0:
+        options = grain.MultiprocessingOptions(
+            num_workers=int(data_cfg.num_workers),
+            per_worker_buffer_size=max(1, int(data_cfg.prefetch_batches)),
+        )
+        it = it.mp_prefetch(options)
+    return it
+
+
+def make_train_iterator(
+    data_cfg: ml_collections.ConfigDict,
+    *,
+    patch_size: int,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.DatasetIterator:
+    """Endless iterator of training batches (numpy dicts, per-process batch = global / process_count).
+
+    Supports get_state() -> dict and set_state(dict): the restored iterator yields the same next batches.
+    """
+    validate_data_config(data_cfg, patch_size)
+    batch = _per_process_batch(global_batch_size, process_count)
+    loader = _loader(data_cfg, data_cfg.train_split, data_cfg.transforms, patch_size, seed)
+    loader.first_usable()
+    shard = grain.MapDataset.range(len(loader.source))[process_index::process_count]
+    if len(shard) == 0:
+        raise UserError(f"the training split has fewer examples than the {process_count} processes; add data")
+    ds = shard.shuffle(seed=int(seed) % 2**32) if data_cfg.shuffle else shard
+    ds = ds.repeat(None).map_with_index(functools.partial(loader.train_example, len(shard)))
+    return iter(_to_batches(ds, data_cfg, batch))
+
+
+def make_eval_iterator(
+    data_cfg: ml_collections.ConfigDict,
+    *,
+    split: str,
+    patch_size: int,
+    global_batch_size: int,
+    max_examples: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.IterDataset:
+    """Re-iterable evaluation batches with 'valid' bool [B]: each of the first `max_examples` examples of
+    `split` appears exactly once over all processes; padding (and unusable images) have valid False.
+    Every process yields the same number of batches."""
+    validate_data_config(data_cfg, patch_size)
+    batch = _per_process_batch(global_batch_size, process_count)
+    loader = _loader(data_cfg, split, data_cfg.eval_transforms, patch_size, 0)
+    loader.first_usable()
+    n = len(loader.source) if max_examples is None else min(len(loader.source), int(max_examples))
+    num_batches = math.ceil(n / global_batch_size)
+
+    ds = grain.MapDataset.range(num_batches * batch).map(
+        functools.partial(_eval_at, loader, n, batch, global_batch_size, process_index)
+    )
+    return _to_batches(ds, data_cfg, batch)
+
+
+def _eval_at(
+    loader: ExampleLoader, n: int, batch: int, global_batch: int, process_index: int, k: int
+) -> dict:
+    g = (k // batch) * global_batch + process_index * batch + k % batch
+    return loader.eval_example(min(g, n - 1), g < n)
+
+
+def num_classes(data_cfg: ml_collections.ConfigDict) -> int:
+    """Number of classes of data_cfg.source (from its training split)."""
+    return int(open_source(data_cfg, data_cfg.train_split).num_classes)

@@ -1,0 +1,46 @@
+"""Random-access example sources selected by `data.source`.
+
+Every source has `len(source)`, `source.num_classes` and `source[i] -> (raw, label, name)` where raw is
+encoded image bytes or an RGB uint8 array [H, W, 3], label an int (-1 if none) and name identifies the
+example in warnings (a file path, or a record key).
+"""
+
+import ml_collections
+
+from naraim.data.config import source_kind
+from naraim.data.sources.base import Source
+
+
+def open_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
+    """The source of `split` ('train', 'validation', ...) named by data_cfg.source; UserError if missing."""
+    kind, arg = source_kind(data_cfg.source)
+    if kind == "synthetic":
+        from naraim.data.sources.synthetic import SyntheticSource
+
+        syn = data_cfg.synthetic
+        return SyntheticSource(
+            split,
+            num_classes=int(syn.num_classes),
+            min_side=int(syn.min_side),
+            max_side=int(syn.max_side),
+            sizes={"train": syn.train_size, "validation": syn.validation_size, "test": syn.test_size},
+        )
+    if kind == "folder":
+        from naraim.data.sources.folder import FolderSource
+
+        return FolderSource(
+            arg,
+            split,
+            holdout_fraction=float(data_cfg.holdout_fraction),
+            holdout_seed=int(data_cfg.holdout_seed),
+        )
+    if kind == "tfds":
+        from naraim.data.sources.tfds import TfdsSource
+
+        return TfdsSource(arg, split, data_dir=data_cfg.tfds_data_dir or None)
+    from naraim.data.sources.arrayrecord import ArrayRecordSource
+
+    return ArrayRecordSource(arg, split)
+
+
+__all__ = ["Source", "open_source"]

@@ -1,0 +1,143 @@
+"""Synthetic labelled images at native aspect ratios, generated from (seed, split, index); no files.
+
+Each image is one object of its class drawn at a random position, scale, colour and rotation over a random
+background (gradient, blocky noise, stripes, or clutter of thin lines). Shapes are drawn in pixel space, so
+the proportion pairs (circle/ellipse, square/rectangle) are only separable at the native aspect ratio:
+squashing a wide image into a square turns a circle into an ellipse.
+"""
+
+import math
+
+import numpy as np
+
+CLASS_NAMES = (
+    "circle",
+    "ellipse",
+    "square",
+    "rectangle",
+    "triangle",
+    "cross",
+    "ring",
+    "star",
+    "crescent",
+    "hexagon",
+)
+SPLIT_IDS = {"train": 0, "validation": 1, "val": 1, "test": 2}
+# Width/height of photo-like collections; the remaining mass is a log-uniform tail over [1/3, 3].
+_ASPECTS = (4 / 3, 3 / 4, 1.0, 16 / 9, 9 / 16)
+_ASPECT_PROBS = (0.3, 0.2, 0.15, 0.15, 0.05)
+
+
+def _regular_polygon(u: np.ndarray, v: np.ndarray, sides: int, apothem: float) -> np.ndarray:
+    inside = np.ones(u.shape, bool)
+    for k in range(sides):
+        a = math.pi / 2 + 2 * math.pi * k / sides
+        inside &= u * math.cos(a) + v * math.sin(a) <= apothem
+    return inside
+
+
+def shape_mask(label: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Boolean mask of class `label` in object coordinates (u, v), radius 1 = the object's size."""
+    r2 = u * u + v * v
+    if label == 0:
+        return r2 <= 1.0
+    if label == 1:
+        return u * u + (v / 0.5) ** 2 <= 1.0
+    if label == 2:
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.8
+    if label == 3:
+        return (np.abs(u) <= 1.0) & (np.abs(v) <= 0.5)
+    if label == 4:
+        return _regular_polygon(u, v, 3, 0.5)
+    if label == 5:
+        au, av = np.abs(u), np.abs(v)
+        return ((au <= 1.0) & (av <= 0.3)) | ((au <= 0.3) & (av <= 1.0))
+    if label == 6:
+        return (r2 <= 1.0) & (r2 >= 0.36)
+    if label == 7:
+        return np.sqrt(r2) <= 0.6 + 0.4 * np.cos(5 * np.arctan2(v, u))
+    if label == 8:
+        return (r2 <= 1.0) & ((u - 0.45) ** 2 + v * v > 0.64)
+    if label == 9:
+        return _regular_polygon(u, v, 6, 0.87)
+    raise ValueError(f"synthetic class {label} does not exist (0..{len(CLASS_NAMES) - 1})")
+
+
+def _size(rng: np.random.Generator, min_side: int, max_side: int) -> tuple[int, int]:
+    k = rng.choice(len(_ASPECTS) + 1, p=(*_ASPECT_PROBS, 1 - sum(_ASPECT_PROBS)))
+    aspect = _ASPECTS[k] if k < len(_ASPECTS) else math.exp(rng.uniform(math.log(1 / 3), math.log(3)))
+    q = max(aspect, 1 / aspect)
+    long = rng.uniform(min(max_side, min_side * q), max_side)
+    short = max(8, round(long / q))
+    long = round(long)
+    return (short, long) if aspect >= 1 else (long, short)
+
+
+def _colour(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(0, 255, 3).astype(np.float32)
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 [h, w, 3] background in [0, 255] and its approximate mean colour [3]."""
+    kind = rng.integers(4)
+    a = rng.uniform(0, 2 * math.pi)
+    cos, sin = math.cos(a), math.sin(a)
+    c0, c1 = _colour(rng), _colour(rng)
+    if kind == 1:  # blocky noise around a base colour
+        block = int(rng.integers(4, 16))
+        noise = rng.uniform(-60, 60, (h // block + 1, w // block + 1, 3)).astype(np.float32)
+        noise = noise.repeat(block, 0).repeat(block, 1)[:h, :w]
+        return np.clip(c0 + noise, 0, 255), c0
+    xs = np.arange(w, dtype=np.float32)[None, :, None]
+    ys = np.arange(h, dtype=np.float32)[:, None, None]
+    if kind == 2:  # stripes of two colours
+        period = rng.uniform(6, 40)
+        proj = (xs[..., 0] * (cos / period)) + (ys[..., 0] * (sin / period))
+        return np.where((proj % 1.0 < 0.5)[..., None], c1, c0), (c0 + c1) / 2
+    # gradient from c0 to c1 along direction a (kind 0), with clutter on top (kind 3)
+    corners = [x * cos + y * sin for x in (0, w) for y in (0, h)]
+    lo, span = min(corners), max(max(corners) - min(corners), 1.0)
+    step = (c1 - c0) / span
+    img = (c0 - lo * step) + xs * (cos * step) + ys * (sin * step)
+    if kind == 3:  # clutter: thin line segments (length/width >= 8, unlike any object class)
+        for _ in range(int(rng.integers(5, 16))):
+            length = rng.uniform(0.1, 0.4) * max(h, w)
+            _draw(img, rng, lambda u, v: (np.abs(u) <= 1.0) & (np.abs(v) <= 0.06), length / 2, _colour(rng))
+    return img, (c0 + c1) / 2
+
+
+def _draw(img: np.ndarray, rng: np.random.Generator, mask_fn, radius: float, colour: np.ndarray) -> None:
+    """Draws mask_fn (object coordinates in units of radius) in place at a random rotation and a random
+    centre that keeps the whole object inside the image when it fits."""
+    h, w = img.shape[:2]
+    extent = 1.15 * radius  # the shapes reach 0.8 * sqrt(2) ~ 1.13 radius (square corners)
+    cy = rng.uniform(min(extent, h / 2), max(h - extent, h / 2))
+    cx = rng.uniform(min(extent, w / 2), max(w - extent, w / 2))
+    theta = rng.uniform(0, 2 * math.pi)
+    y0, y1 = max(0, int(cy - extent) - 1), min(h, int(cy + extent) + 2)
+    x0, x1 = max(0, int(cx - extent) - 1), min(w, int(cx + extent) + 2)
+    if y0 >= y1 or x0 >= x1:
+        return
+    dy = (np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5 - cy) / radius
+    dx = (np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5 - cx) / radius
+    c, s = math.cos(theta), math.sin(theta)
+    u, v = dx * c + dy * s, dy * c - dx * s
+    mask = mask_fn(u, v)
+    region = img[y0:y1, x0:x1]
+    region[mask] = colour
+
+
+def generate(
+    seed: int, split: str, index: int, *, num_classes: int = 10, min_side: int = 64, max_side: int = 320
+) -> tuple[np.ndarray, int]:
+    """The image uint8 [H, W, 3] and label of example `index` of `split`; same arguments, same image."""
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+    label = int(rng.integers(num_classes))
+    h, w = _size(rng, min_side, max_side)
+    img, mean = _background(rng, h, w)
+    colour = _colour(rng)
+    if np.abs(colour - mean).max() < 80:  # keep the object visible
+        colour = 255 - colour
+    radius = rng.uniform(0.25, 0.45) * min(h, w)
+    _draw(img, rng, lambda u, v: shape_mask(label, u, v), radius, colour)
+    return img.astype(np.uint8), label

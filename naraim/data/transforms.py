@@ -1,0 +1,207 @@
+"""Image transforms: pure functions of (image uint8 [H, W, 3], rng: np.random.Generator) -> image.
+
+Geometry (S = image_size, P = patch_size, N = max_tokens):
+- native_aspect_ratio_resize: about S*S pixels at the image's own width/height, then a central crop to
+  multiples of P (NARAIM). At most N patches.
+- fit_to_token_budget: the largest aspect-preserving patch grid with at most N patches (as NaFlex).
+- random_crop_native: NARAIM's crop (area fraction in crop_scale, log-uniform width/height in crop_ratio),
+  not squashed; keeps at least S*S source pixels, else the whole image. Follow it with a sizing transform.
+- random_resized_crop: AIM training, the crop squashed to S x S.
+- resize_shorter_center_crop: AIM evaluation, shorter side to 256*S/224, then the central S x S.
+- horizontal_flip: mirrors with probability flip_prob.
+"""
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def _resize_box(
+    image: np.ndarray, size_hw: tuple[int, int], box: tuple[float, float, float, float]
+) -> np.ndarray:
+    """Resizes the source region box=(x0, y0, x1, y1) (pixels, floats allowed) to size_hw=(h, w)."""
+    h, w = size_hw
+    ih, iw = image.shape[:2]
+    x0, y0, x1, y1 = box  # clamped: rounding may reach a fraction of a pixel outside the image
+    box = (max(0.0, x0), max(0.0, y0), min(float(iw), x1), min(float(ih), y1))
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR, box=box))
+
+
+def _grid_box(h: int, w: int, rows: int, cols: int, scale: float, patch_size: int) -> tuple:
+    """Source box of the central (rows*P) x (cols*P) crop of the image scaled by `scale`."""
+    ch, cw = rows * patch_size / scale, cols * patch_size / scale
+    y0, x0 = (h - ch) / 2, (w - cw) / 2
+    return (x0, y0, x0 + cw, y0 + ch)
+
+
+def native_aspect_ratio_resize(
+    image: np.ndarray, rng: np.random.Generator, *, image_size: int, patch_size: int, max_tokens: int
+) -> np.ndarray:
+    """About image_size**2 pixels, same width/height, centrally cropped to multiples of patch_size."""
+    del rng
+    h, w = image.shape[:2]
+    scale = image_size / math.sqrt(h * w)
+    scale = max(scale, patch_size / min(h, w))  # at least one patch along the shorter side
+    rows = max(1, round(h * scale) // patch_size)
+    cols = max(1, round(w * scale) // patch_size)
+    if rows * cols > max_tokens:  # extreme aspect ratios: keep the central part of the long side
+        if rows >= cols:
+            rows = max(1, max_tokens // cols)
+        else:
+            cols = max(1, max_tokens // rows)
+    return _resize_box(
+        image, (rows * patch_size, cols * patch_size), _grid_box(h, w, rows, cols, scale, patch_size)
+    )
+
+
+def _budget_grid(short: int, long: int, max_tokens: int) -> tuple[int, int, float]:
+    """(short-side patches, long-side patches, long-side source pixels kept) of the budget grid."""
+    r = np.arange(1, max_tokens + 1)
+    c = np.maximum(1, np.rint(r * (long / short))).astype(np.int64)
+    fits = r * c <= max_tokens
+    if not fits.any():  # longer than max_tokens:1 -> one patch across, central part of the long side
+        return 1, max_tokens, float(short * max_tokens)
+    best = int(np.argmax(np.where(fits, r * c, 0)))
+    return int(r[best]), int(c[best]), float(long)
+
+
+def fit_to_token_budget(
+    image: np.ndarray, rng: np.random.Generator, *, patch_size: int, max_tokens: int
+) -> np.ndarray:
+    """Resizes to the largest rows x cols patch grid with rows*cols <= max_tokens and cols/rows ~ W/H."""
+    del rng
+    h, w = image.shape[:2]
+    if w >= h:
+        rows, cols, kept = _budget_grid(h, w, max_tokens)
+        box = ((w - kept) / 2, 0.0, (w + kept) / 2, float(h))
+    else:
+        cols, rows, kept = _budget_grid(w, h, max_tokens)
+        box = (0.0, (h - kept) / 2, float(w), (h + kept) / 2)
+    return _resize_box(image, (rows * patch_size, cols * patch_size), box)
+
+
+def _sample_crop(
+    h: int, w: int, rng: np.random.Generator, scale: Sequence[float], ratio: Sequence[float], min_pixels: int
+) -> tuple[int, int, int, int] | None:
+    """RandomResizedCrop's sampling: (y0, x0, ch, cw) of a crop with >= min_pixels pixels, or None."""
+    area = h * w
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        r = math.exp(rng.uniform(log_lo, log_hi))
+        cw, ch = round(math.sqrt(target * r)), round(math.sqrt(target / r))
+        if 0 < cw <= w and 0 < ch <= h and cw * ch >= min_pixels:
+            y0 = int(rng.integers(0, h - ch + 1))
+            x0 = int(rng.integers(0, w - cw + 1))
+            return y0, x0, ch, cw
+    return None
+
+
+def random_crop_native(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    image_size: int,
+    scale: Sequence[float] = (0.4, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> np.ndarray:
+    """NARAIM's crop at native aspect ratio; the whole image when no crop keeps image_size**2 pixels."""
+    h, w = image.shape[:2]
+    crop = _sample_crop(h, w, rng, scale, ratio, image_size * image_size)
+    if crop is None:
+        return image
+    y0, x0, ch, cw = crop
+    return image[y0 : y0 + ch, x0 : x0 + cw]
+
+
+def random_resized_crop(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    image_size: int,
+    scale: Sequence[float] = (0.4, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> np.ndarray:
+    """AIM training crop squashed to image_size x image_size (torchvision's RandomResizedCrop)."""
+    h, w = image.shape[:2]
+    crop = _sample_crop(h, w, rng, scale, ratio, 1)
+    if crop is None:  # central crop with the aspect ratio clamped into `ratio`
+        r = min(max(w / h, ratio[0]), ratio[1])
+        cw, ch = (w, w / r) if w / h < r else (h * r, h)
+        cw, ch = min(cw, w), min(ch, h)
+        y0, x0 = (h - ch) / 2, (w - cw) / 2
+    else:
+        y0, x0, ch, cw = crop
+    return _resize_box(image, (image_size, image_size), (x0, y0, x0 + cw, y0 + ch))
+
+
+def resize_shorter_center_crop(image: np.ndarray, rng: np.random.Generator, *, image_size: int) -> np.ndarray:
+    """AIM evaluation: shorter side to round(256*S/224), then the central S x S."""
+    del rng
+    h, w = image.shape[:2]
+    f = round(256 * image_size / 224) / min(h, w)
+    side = image_size / f  # the S x S output in source pixels
+    y0, x0 = (h - side) / 2, (w - side) / 2
+    return _resize_box(image, (image_size, image_size), (x0, y0, x0 + side, y0 + side))
+
+
+def horizontal_flip(image: np.ndarray, rng: np.random.Generator, *, prob: float = 0.5) -> np.ndarray:
+    """Mirrors left-right with probability `prob`."""
+    return image[:, ::-1] if rng.random() < prob else image
+
+
+def make_transform(
+    name: str,
+    *,
+    image_size: int,
+    patch_size: int,
+    max_tokens: int,
+    crop_scale: Sequence[float] = (0.4, 1.0),
+    crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+    flip_prob: float = 0.5,
+) -> Transform:
+    """The transform called `name` with its geometry bound (a picklable partial)."""
+    scale, ratio = tuple(crop_scale), tuple(crop_ratio)
+    bound = {
+        "native_aspect_ratio_resize": functools.partial(
+            native_aspect_ratio_resize, image_size=image_size, patch_size=patch_size, max_tokens=max_tokens
+        ),
+        "fit_to_token_budget": functools.partial(
+            fit_to_token_budget, patch_size=patch_size, max_tokens=max_tokens
+        ),
+        "random_crop_native": functools.partial(
+            random_crop_native, image_size=image_size, scale=scale, ratio=ratio
+        ),
+        "random_resized_crop": functools.partial(
+            random_resized_crop, image_size=image_size, scale=scale, ratio=ratio
+        ),
+        "resize_shorter_center_crop": functools.partial(resize_shorter_center_crop, image_size=image_size),
+        "horizontal_flip": functools.partial(horizontal_flip, prob=flip_prob),
+    }
+    if name not in bound:
+        raise ValueError(f"unknown transform {name!r}; known: {', '.join(bound)}")
+    return bound[name]
+
+
+def apply_transforms(
+    image: np.ndarray, rng: np.random.Generator, transforms: Sequence[Transform]
+) -> np.ndarray:
+    """Applies `transforms` in order, all drawing from the same rng."""
+    for t in transforms:
+        image = t(image, rng)
+    return image
+
+
+def min_source_pixels(names: Sequence[str], image_size: int, crop_scale: Sequence[float]) -> int:
+    """Source pixels the transforms need at full quality (lets the decoder downscale larger JPEGs)."""
+    area = image_size * image_size
+    if "random_crop_native" in names or "random_resized_crop" in names:
+        area = math.ceil(area / crop_scale[0])
+    if "resize_shorter_center_crop" in names:
+        return 0  # depends on the aspect ratio; decode at full resolution
+    return area
