@@ -1,4 +1,4 @@
-"""Encoded image bytes -> RGB uint8 array [H, W, 3], or BadImageError for anything that is not a usable image.
+"""Encoded image bytes -> RGB PIL image, or BadImageError for anything that is not a usable image.
 
 Handles grayscale, CMYK, palette and alpha images (composited over white), 16-bit images (scaled to 8 bits),
 EXIF orientation, and images smaller than one patch (upscaled). Large JPEGs are decoded at a reduced DCT
@@ -37,8 +37,8 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im
 
 
-def decode_image(data: bytes, *, patch_size: int = 1, min_area: int = 0) -> np.ndarray:
-    """Decodes `data` to uint8 [H, W, 3] RGB with EXIF orientation applied.
+def decode_image(data: bytes, *, patch_size: int = 1, min_area: int = 0) -> Image.Image:
+    """Decodes `data` to an RGB image (np.asarray: uint8 [H, W, 3]) with EXIF orientation applied.
 
     patch_size: images with a side below it are upscaled (aspect kept) so both sides are >= patch_size.
     min_area: pixels the transforms need; a JPEG larger than that is decoded at a reduced scale keeping
@@ -53,20 +53,19 @@ def decode_image(data: bytes, *, patch_size: int = 1, min_area: int = 0) -> np.n
             f = math.sqrt(min_area / (w * h))
             im.draft("RGB", (math.ceil(w * f), math.ceil(h * f)))
         im.load()
-        im = ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)
         im = _to_rgb(im)
     except BadImageError:
         raise
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...) for bad files
         raise BadImageError(f"{type(e).__name__}: {e}") from None
-    return upscale_to_patch(np.asarray(im), patch_size)
+    return upscale_to_patch(im, patch_size)
 
 
-def upscale_to_patch(image: np.ndarray, patch_size: int) -> np.ndarray:
-    """uint8 [H, W, 3] upscaled (aspect kept) so that both sides are >= patch_size; unchanged if they are."""
-    h, w = image.shape[:2]
+def upscale_to_patch(image: Image.Image, patch_size: int) -> Image.Image:
+    """The image upscaled (aspect kept) so that both sides are >= patch_size; unchanged if they are."""
+    w, h = image.size
     if min(h, w) >= patch_size:
         return image
     f = patch_size / min(h, w)
-    size = (max(patch_size, round(w * f)), max(patch_size, round(h * f)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+    return image.resize((max(patch_size, round(w * f)), max(patch_size, round(h * f))), Image.BICUBIC)

@@ -15,6 +15,7 @@ import math
 import grain.python as grain
 import ml_collections
 import numpy as np
+from PIL import Image
 
 from naraim.data import orderings
 from naraim.data.config import validate_data_config
@@ -45,23 +46,23 @@ class ExampleLoader:
     min_area: int
     ordering: str
 
-    def decode(self, index: int) -> tuple[np.ndarray, int] | None:
-        """(RGB uint8 [H, W, 3], label) of source[index], or None (warned and counted) if unusable."""
+    def decode(self, index: int) -> tuple[Image.Image, int] | None:
+        """(RGB image, label) of source[index], or None (warned and counted) if unusable."""
         name = f"example {index}"
         try:
             raw, label, name = self.source[index]
             if isinstance(raw, np.ndarray):
-                return upscale_to_patch(raw, self.patch_size), int(label)
+                return upscale_to_patch(Image.fromarray(raw), self.patch_size), int(label)
             return decode_image(raw, patch_size=self.patch_size, min_area=self.min_area), int(label)
         except (BadImageError, OSError) as e:
             _skipped["count"] += 1
             log.warning("skipping unusable image %s (%s); %d skipped so far", name, e, _skipped["count"])
             return None
 
-    def tokens(self, image: np.ndarray, label: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        h, w = image.shape[:2]
+    def tokens(self, image: Image.Image, label: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        w, h = image.size
         ex = to_tokens(
-            apply_transforms(image, rng, self.transforms),
+            np.asarray(apply_transforms(image, rng, self.transforms)),
             patch_size=self.patch_size,
             max_tokens=self.max_tokens,
         )

@@ -1,4 +1,5 @@
-"""Image transforms: pure functions of (image uint8 [H, W, 3], rng: np.random.Generator) -> image.
+"""Image transforms: pure functions of (image, rng: np.random.Generator) -> image, on RGB PIL images
+(PIL resizes without copies to and from numpy; `np.asarray(image)` is uint8 [H, W, 3]).
 
 Geometry (S = image_size, P = patch_size, N = max_tokens):
 - native_aspect_ratio_resize: about S*S pixels at the image's own width/height, then a central crop to
@@ -18,18 +19,18 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+Transform = Callable[[Image.Image, np.random.Generator], Image.Image]
 
 
 def _resize_box(
-    image: np.ndarray, size_hw: tuple[int, int], box: tuple[float, float, float, float]
-) -> np.ndarray:
+    image: Image.Image, size_hw: tuple[int, int], box: tuple[float, float, float, float]
+) -> Image.Image:
     """Resizes the source region box=(x0, y0, x1, y1) (pixels, floats allowed) to size_hw=(h, w)."""
     h, w = size_hw
-    ih, iw = image.shape[:2]
+    iw, ih = image.size
     x0, y0, x1, y1 = box  # clamped: rounding may reach a fraction of a pixel outside the image
     box = (max(0.0, x0), max(0.0, y0), min(float(iw), x1), min(float(ih), y1))
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR, box=box))
+    return image.resize((w, h), Image.BILINEAR, box=box)
 
 
 def _grid_box(h: int, w: int, rows: int, cols: int, scale: float, patch_size: int) -> tuple:
@@ -40,11 +41,11 @@ def _grid_box(h: int, w: int, rows: int, cols: int, scale: float, patch_size: in
 
 
 def native_aspect_ratio_resize(
-    image: np.ndarray, rng: np.random.Generator, *, image_size: int, patch_size: int, max_tokens: int
-) -> np.ndarray:
+    image: Image.Image, rng: np.random.Generator, *, image_size: int, patch_size: int, max_tokens: int
+) -> Image.Image:
     """About image_size**2 pixels, same width/height, centrally cropped to multiples of patch_size."""
     del rng
-    h, w = image.shape[:2]
+    w, h = image.size
     scale = image_size / math.sqrt(h * w)
     scale = max(scale, patch_size / min(h, w))  # at least one patch along the shorter side
     rows = max(1, round(h * scale) // patch_size)
@@ -71,11 +72,11 @@ def _budget_grid(short: int, long: int, max_tokens: int) -> tuple[int, int, floa
 
 
 def fit_to_token_budget(
-    image: np.ndarray, rng: np.random.Generator, *, patch_size: int, max_tokens: int
-) -> np.ndarray:
+    image: Image.Image, rng: np.random.Generator, *, patch_size: int, max_tokens: int
+) -> Image.Image:
     """Resizes to the largest rows x cols patch grid with rows*cols <= max_tokens and cols/rows ~ W/H."""
     del rng
-    h, w = image.shape[:2]
+    w, h = image.size
     if w >= h:
         rows, cols, kept = _budget_grid(h, w, max_tokens)
         box = ((w - kept) / 2, 0.0, (w + kept) / 2, float(h))
@@ -103,32 +104,32 @@ def _sample_crop(
 
 
 def random_crop_native(
-    image: np.ndarray,
+    image: Image.Image,
     rng: np.random.Generator,
     *,
     image_size: int,
     scale: Sequence[float] = (0.4, 1.0),
     ratio: Sequence[float] = (3 / 4, 4 / 3),
-) -> np.ndarray:
+) -> Image.Image:
     """NARAIM's crop at native aspect ratio; the whole image when no crop keeps image_size**2 pixels."""
-    h, w = image.shape[:2]
+    w, h = image.size
     crop = _sample_crop(h, w, rng, scale, ratio, image_size * image_size)
     if crop is None:
         return image
     y0, x0, ch, cw = crop
-    return image[y0 : y0 + ch, x0 : x0 + cw]
+    return image.crop((x0, y0, x0 + cw, y0 + ch))
 
 
 def random_resized_crop(
-    image: np.ndarray,
+    image: Image.Image,
     rng: np.random.Generator,
     *,
     image_size: int,
     scale: Sequence[float] = (0.4, 1.0),
     ratio: Sequence[float] = (3 / 4, 4 / 3),
-) -> np.ndarray:
+) -> Image.Image:
     """AIM training crop squashed to image_size x image_size (torchvision's RandomResizedCrop)."""
-    h, w = image.shape[:2]
+    w, h = image.size
     crop = _sample_crop(h, w, rng, scale, ratio, 1)
     if crop is None:  # central crop with the aspect ratio clamped into `ratio`
         r = min(max(w / h, ratio[0]), ratio[1])
@@ -140,19 +141,21 @@ def random_resized_crop(
     return _resize_box(image, (image_size, image_size), (x0, y0, x0 + cw, y0 + ch))
 
 
-def resize_shorter_center_crop(image: np.ndarray, rng: np.random.Generator, *, image_size: int) -> np.ndarray:
+def resize_shorter_center_crop(
+    image: Image.Image, rng: np.random.Generator, *, image_size: int
+) -> Image.Image:
     """AIM evaluation: shorter side to round(256*S/224), then the central S x S."""
     del rng
-    h, w = image.shape[:2]
+    w, h = image.size
     f = round(256 * image_size / 224) / min(h, w)
     side = image_size / f  # the S x S output in source pixels
     y0, x0 = (h - side) / 2, (w - side) / 2
     return _resize_box(image, (image_size, image_size), (x0, y0, x0 + side, y0 + side))
 
 
-def horizontal_flip(image: np.ndarray, rng: np.random.Generator, *, prob: float = 0.5) -> np.ndarray:
+def horizontal_flip(image: Image.Image, rng: np.random.Generator, *, prob: float = 0.5) -> Image.Image:
     """Mirrors left-right with probability `prob`."""
-    return image[:, ::-1] if rng.random() < prob else image
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < prob else image
 
 
 def make_transform(
@@ -189,8 +192,8 @@ def make_transform(
 
 
 def apply_transforms(
-    image: np.ndarray, rng: np.random.Generator, transforms: Sequence[Transform]
-) -> np.ndarray:
+    image: Image.Image, rng: np.random.Generator, transforms: Sequence[Transform]
+) -> Image.Image:
     """Applies `transforms` in order, all drawing from the same rng."""
     for t in transforms:
         image = t(image, rng)
