@@ -12,12 +12,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from naraim.errors import UserError
 
 PREDICT_CHOICES = ("x0", "eps")
 # Smallest signal level used when an eps prediction is turned back into x_0 (division by sqrt(g)).
 MIN_GAMMA_FOR_EPS = 1e-3
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `loss.diffusion` section: Beta(beta_a, beta_b) signal levels (a < b: mostly heavy noise, which
+    DARL finds best for representations), the decoder's target, and whether g is a decoder input channel."""
+    return ml_collections.ConfigDict(dict(beta_a=1.0, beta_b=3.0, predict="x0", append_gamma=False))
 
 
 def validate_config(diffusion_cfg: Mapping[str, Any]) -> None:
