@@ -23,16 +23,15 @@ def attention_mask(
     length: int32 [B], real tokens per example (keys at index >= length are padding).
     mode: 'causal' (key <= query), 'prefix_causal' (key <= query, or both inside the first
       prefix_length tokens), 'bidirectional' (every real key).
-    prefix_length: int32 [B], required for 'prefix_causal'.
+    prefix_length: int32 [B] for 'prefix_causal'; None means an empty prefix (the mask is then causal).
     """
     q = jnp.arange(num_tokens)[:, None]
     k = jnp.arange(num_tokens)[None, :]
     if mode == "causal":
         visible = jnp.broadcast_to(k <= q, (1, num_tokens, num_tokens))
     elif mode == "prefix_causal":
-        if prefix_length is None:
-            raise ValueError("prefix_causal attention needs prefix_length [B]")
-        p = jnp.asarray(prefix_length)[:, None, None]
+        p = jnp.zeros_like(length) if prefix_length is None else prefix_length
+        p = jnp.asarray(p)[:, None, None]
         visible = (k <= q)[None] | ((q[None] < p) & (k[None] < p))
     elif mode == "bidirectional":
         visible = jnp.ones((1, num_tokens, num_tokens), bool)

@@ -89,7 +89,8 @@ class ViT(nn.Module):
         """Encodes a batch.
 
         patches uint8 [B,N,P*P*3], coords int32 [B,N,2], grid int32 [B,2], length int32 [B].
-        attention: mode override (None -> self.attention). prefix_length int32 [B] for 'prefix_causal'.
+        attention: mode override (None -> self.attention). prefix_length int32 [B] for 'prefix_causal'
+          (None = empty prefix, i.e. causal).
         prepend_sos: the sequence becomes [SOS, x_0, .., x_{N-2}] (learned SOS vector 'sos'; the last token
           is dropped so N stays fixed; rotary SOS position = (0, 0), no additive position on SOS).
         Returns (x [B,N,D] final-LN output, intermediates) with intermediates 'embed' (after patch + position
