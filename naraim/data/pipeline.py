@@ -15,6 +15,7 @@ import math
 import grain.python as grain
 import ml_collections
 import numpy as np
+from absl import flags
 from PIL import Image
 
 from naraim.data import orderings
@@ -155,6 +156,8 @@ def _to_batches(ds: grain.MapDataset, data_cfg: ml_collections.ConfigDict, batch
     read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(batch, 2 * threads))
     it = ds.to_iter_dataset(read).batch(batch, drop_remainder=False)
     if int(data_cfg.num_workers) > 0:
+        if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags (defaults are fine)
+            flags.FLAGS.mark_as_parsed()
         options = grain.MultiprocessingOptions(
             num_workers=int(data_cfg.num_workers),
             per_worker_buffer_size=max(1, int(data_cfg.prefetch_batches)),

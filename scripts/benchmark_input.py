@@ -1,0 +1,91 @@
+"""Input pipeline throughput: images/s in total, per worker core and per CPU-second, and the host-to-device
+bytes per example. Prints a readable line and a JSON line.
+
+  python scripts/benchmark_input.py --source folder:../shared/datasets/clothing-small \
+      --transforms random_crop_native,native_aspect_ratio_resize,horizontal_flip --num_workers 2
+
+'per CPU-second' divides by the CPU time the pipeline's processes used (main + workers), so it stays
+meaningful on a machine shared with other jobs; 'per worker core' divides the wall-clock rate by the
+number of worker processes (or 1 without workers).
+"""
+
+import argparse
+import json
+import time
+
+import numpy as np
+import psutil
+
+from naraim.cli import run_main
+from naraim.data.config import default_data_config
+from naraim.data.pipeline import make_train_iterator
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def main() -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--source", default="folder:../shared/datasets/clothing-small")
+    naraim_train = "random_crop_native,native_aspect_ratio_resize,horizontal_flip"
+    parser.add_argument("--transforms", default=naraim_train, help="comma-separated, in order")
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--patch_size", type=int, default=14)
+    parser.add_argument("--max_tokens", type=int, default=256)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--num_workers", type=int, default=2, help="grain worker processes (0: in-process)")
+    parser.add_argument("--read_threads", type=int, default=1, help="threads per process")
+    parser.add_argument("--batches", type=int, default=40, help="batches timed (after --warmup)")
+    parser.add_argument("--warmup", type=int, default=4, help="batches before timing starts")
+    args = parser.parse_args()
+
+    cfg = default_data_config()
+    cfg.source = args.source
+    cfg.transforms = tuple(t for t in args.transforms.split(",") if t)
+    cfg.image_size, cfg.max_tokens = args.image_size, args.max_tokens
+    cfg.num_workers, cfg.read_threads = args.num_workers, args.read_threads
+    it = make_train_iterator(cfg, patch_size=args.patch_size, global_batch_size=args.batch_size, seed=0)
+    for _ in range(args.warmup):
+        next(it)
+    me = psutil.Process()
+    cpu0, t0 = _cpu_seconds(me), time.perf_counter()
+    nbytes = 0
+    for _ in range(args.batches):
+        batch = next(it)
+        nbytes += sum(np.asarray(v).nbytes for v in batch.values())
+    wall, cpu = time.perf_counter() - t0, _cpu_seconds(me) - cpu0
+    images = args.batches * args.batch_size
+    result = {
+        "source": args.source,
+        "transforms": list(cfg.transforms),
+        "num_workers": args.num_workers,
+        "images_per_sec": images / wall,
+        "images_per_sec_per_worker_core": images / wall / max(1, args.num_workers),
+        "images_per_cpu_sec": images / cpu if cpu > 0 else None,
+        "bytes_per_example": nbytes / images,
+        "images": images,
+        "wall_s": wall,
+        "cpu_s": cpu,
+    }
+    per_cpu = f"{result['images_per_cpu_sec']:.0f}" if cpu > 0 else "n/a"
+    print(
+        f"{images} images in {wall:.1f}s: {result['images_per_sec']:.0f} images/s total, "
+        f"{result['images_per_sec_per_worker_core']:.0f} per worker core ({args.num_workers} workers), "
+        f"{per_cpu} per CPU-second; {result['bytes_per_example'] / 1e3:.1f} KB host-to-device per example"
+    )
+    print(json.dumps(result))
+    if hasattr(it, "close"):
+        it.close()
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,138 @@
+"""Bad and unusual input: decoded correctly, or skipped with a warning naming the file, never a crash."""
+
+import io
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from naraim.data.config import default_data_config
+from naraim.data.decode import BadImageError, decode_image
+from naraim.data.pipeline import make_eval_iterator, make_train_iterator
+from naraim.errors import UserError
+
+
+def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _rgb(w=40, h=30, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def test_grayscale_becomes_rgb():
+    out = np.asarray(decode_image(_encode(Image.new("L", (20, 10), 77), "PNG")))
+    assert out.shape == (10, 20, 3) and out.dtype == np.uint8 and (out == 77).all()
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    out = np.asarray(decode_image(_encode(Image.new("CMYK", (20, 16), (0, 255, 255, 0)), "JPEG", quality=95)))
+    assert out.shape == (16, 20, 3)
+    assert out[..., 0].mean() > 200 and out[..., 1:].mean() < 60  # red
+
+
+def test_palette_and_transparency_are_composited_over_white():
+    pal = Image.new("P", (8, 8), 1)
+    pal.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)
+    np.testing.assert_array_equal(np.asarray(decode_image(_encode(pal, "PNG")))[0, 0], [0, 0, 255])
+    pal.info["transparency"] = 1
+    np.testing.assert_array_equal(
+        np.asarray(decode_image(_encode(pal, "PNG", transparency=1)))[0, 0], [255] * 3
+    )
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    rgba.putpixel((1, 1), (0, 255, 0, 255))
+    out = np.asarray(decode_image(_encode(rgba, "PNG")))
+    np.testing.assert_array_equal(out[0, 0], [255, 255, 255])
+    np.testing.assert_array_equal(out[1, 1], [0, 255, 0])
+
+
+def test_16_bit_png_is_scaled_to_8_bits():
+    a = np.array([[0, 32768, 65535]], np.uint16).repeat(3, 0)
+    im = Image.fromarray(a)
+    assert im.mode.startswith("I;16")
+    out = np.asarray(decode_image(_encode(im, "PNG")))
+    assert out.shape == (3, 3, 3)
+    np.testing.assert_array_equal(out[0, :, 0], [0, 127, 255])
+
+
+def test_exif_orientation_is_applied():
+    im = Image.new("RGB", (40, 20), (255, 0, 0))
+    im.paste((0, 0, 255), (0, 0, 10, 20))  # blue band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    out = np.asarray(decode_image(_encode(im, "JPEG", exif=exif, quality=95)))
+    assert out.shape == (40, 20, 3)  # portrait after rotation
+    assert out[2, 10, 2] > 200 and out[-3, 10, 0] > 200  # the left band is now on top
+
+
+def test_tiny_images_are_upscaled_to_one_patch():
+    out = decode_image(_encode(Image.new("RGB", (5, 3), 9), "PNG"), patch_size=14)
+    assert min(out.size) == 14 and out.size[0] > out.size[1]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"this is a text file, not an image\n", b"\xff\xd8\xff\xe0" + b"\x00" * 50],
+)
+def test_non_images_raise_bad_image_error(data):
+    with pytest.raises(BadImageError):
+        decode_image(data)
+
+
+def test_truncated_jpeg_raises_bad_image_error():
+    data = _encode(_rgb(200, 150), "JPEG")
+    with pytest.raises(BadImageError):
+        decode_image(data[: len(data) // 2])
+
+
+def _bad_folder(root):
+    """A class folder with every kind of unusual file; 4 unusable ones."""
+    d = root / "train" / "things"
+    d.mkdir(parents=True)
+    (d / "a_good.jpg").write_bytes(_encode(_rgb(), "JPEG"))
+    (d / "b_truncated.jpg").write_bytes(_encode(_rgb(200, 150), "JPEG")[:300])
+    (d / "c_notes.txt").write_bytes(b"not an image")
+    (d / "d_gray.png").write_bytes(_encode(Image.new("L", (30, 30), 5), "PNG"))
+    (d / "e_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    (d / "f_cmyk.jpg").write_bytes(_encode(Image.new("CMYK", (30, 20)), "JPEG"))
+    (d / "g_rgba.png").write_bytes(_encode(Image.new("RGBA", (30, 20)), "PNG"))
+    (d / "h_16bit.png").write_bytes(_encode(Image.fromarray(np.full((20, 20), 999, np.uint16)), "PNG"))
+    (d / "i_tiny.png").write_bytes(_encode(Image.new("RGB", (2, 3)), "PNG"))
+    (d / "j_wide.png").write_bytes(_encode(Image.new("RGB", (800, 20)), "PNG"))  # 1:40
+    (d / "k_empty.jpg").write_bytes(b"")
+    return root, {"b_truncated.jpg", "c_notes.txt", "e_corrupt.png", "k_empty.jpg"}
+
+
+def _folder_cfg(path):
+    cfg = default_data_config()
+    cfg.source = f"folder:{path}"
+    cfg.image_size, cfg.max_tokens = 32, 16
+    cfg.read_threads = 1
+    return cfg
+
+
+def test_pipeline_skips_bad_files_with_warnings_and_keeps_batches_full(tmp_path, caplog):
+    root, bad = _bad_folder(tmp_path)
+    cfg = _folder_cfg(root)
+    with caplog.at_level(logging.WARNING, logger="naraim.data"):
+        it = make_train_iterator(cfg, patch_size=8, global_batch_size=11, seed=0)
+        batches = [next(it) for _ in range(3)]
+    for b in batches:
+        assert b["patches"].shape == (11, 16, 192) and (b["length"] >= 1).all()
+        assert (b["length"] <= 16).all() and (b["label"] == 0).all()
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert all(name in warned for name in bad)
+    ev = list(make_eval_iterator(cfg, split="train", patch_size=8, global_batch_size=4))
+    valid = np.concatenate([b["valid"] for b in ev])
+    assert valid.size == 12 and valid.sum() == 11 - len(bad)  # 11 files, bad ones marked invalid
+
+
+def test_source_without_usable_images_is_a_user_error(tmp_path):
+    d = tmp_path / "cls"
+    d.mkdir()
+    (d / "x.jpg").write_bytes(b"junk")
+    with pytest.raises(UserError, match="no usable image"):
+        make_train_iterator(_folder_cfg(tmp_path), patch_size=8, global_batch_size=2, seed=0)
