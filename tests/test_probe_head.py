@@ -1,0 +1,92 @@
+"""Attentive probe head: padding never matters, BatchNorm statistics use real tokens, feature selection."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from naraim.model.probe_head import MaskedBatchNorm, ProbeHead, probe_features
+from naraim.model.vit import make_backbone
+
+
+def padded_images(budget: int, pad_value: int) -> dict:
+    """Two images (2x3 and 3x3 patches of side 2) padded to `budget` tokens."""
+    rng = np.random.default_rng(0)
+    patches = np.full((2, budget, 12), pad_value, np.uint8)
+    coords = np.zeros((2, budget, 2), np.int32)
+    grids = [(2, 3), (3, 3)]
+    for b, (rows, cols) in enumerate(grids):
+        n = rows * cols
+        patches[b, :n] = rng.integers(0, 256, (n, 12), dtype=np.uint8)
+        coords[b, :n] = np.stack(np.divmod(np.arange(n), cols), axis=-1)
+    return dict(
+        patches=patches, coords=coords, grid=np.array(grids, np.int32), length=np.array([6, 9], np.int32)
+    )
+
+
+@pytest.mark.parametrize("use_map_mlp", [False, True])
+def test_probe_logits_ignore_padding_content_and_budget(use_map_mlp):
+    vit = make_backbone(dict(variant="Pico/2", attention="bidirectional"))
+    head = ProbeHead(num_classes=5, num_heads=4, use_map_mlp=use_map_mlp)
+
+    @jax.jit
+    def features(b):
+        _, inter = vit.apply(vit_params, b["patches"], b["coords"], b["grid"], b["length"])
+        return probe_features(inter, depth=2)
+
+    b16 = padded_images(16, 0)
+    vit_params = jax.jit(vit.init)(
+        jax.random.key(0), b16["patches"], b16["coords"], b16["grid"], b16["length"]
+    )
+    variables = head.init(jax.random.key(1), features(b16), b16["length"], train=True)
+    ref_train, ref_stats = head.apply(variables, features(b16), b16["length"], True, mutable=["batch_stats"])
+    trained = dict(variables, **ref_stats)
+    ref_eval = head.apply(trained, features(b16), b16["length"], False)
+    assert ref_train.shape == (2, 5)
+    for budget, pad in ((16, 255), (32, 0), (32, 123)):
+        b = padded_images(budget, pad)
+        logits, stats = head.apply(variables, features(b), b["length"], True, mutable=["batch_stats"])
+        np.testing.assert_allclose(logits, ref_train, atol=1e-5, rtol=0)
+        for s, s_ref in zip(jax.tree.leaves(stats), jax.tree.leaves(ref_stats), strict=True):
+            np.testing.assert_allclose(s, s_ref, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(head.apply(trained, features(b), b["length"], False), ref_eval, atol=1e-5)
+
+
+def test_masked_batchnorm_uses_real_tokens_only():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, (2, 5, 4)).astype(np.float32)
+    x[0, 3:] = 1e6  # padding: must not enter the statistics
+    length = jnp.array([3, 5])
+    mask = np.arange(5)[None] < np.asarray(length)[:, None]
+    bn = MaskedBatchNorm(momentum=0.5)
+    variables = bn.init(jax.random.key(0), x, mask, True)
+    y, stats = bn.apply(variables, x, mask, True, mutable=["batch_stats"])
+    real = x[mask]
+    np.testing.assert_allclose(
+        np.asarray(y)[mask], (real - real.mean(0)) / np.sqrt(real.var(0) + 1e-6), atol=1e-4
+    )
+    np.testing.assert_allclose(stats["batch_stats"]["mean"], 0.5 * real.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(stats["batch_stats"]["var"], 0.5 + 0.5 * real.var(0), rtol=1e-5)
+    y_eval = bn.apply(stats, x, mask, False)
+    expected = (x - 0.5 * real.mean(0)) / np.sqrt(0.5 + 0.5 * real.var(0) + 1e-6)
+    np.testing.assert_allclose(np.asarray(y_eval)[mask], expected[mask], rtol=1e-4)
+
+
+def test_probe_has_no_qkv_bias_and_one_query():
+    head = ProbeHead(num_classes=3, num_heads=2)
+    params = head.init(jax.random.key(0), jnp.ones((1, 4, 8)), jnp.array([4]), train=False)["params"]
+    assert set(params) == {"query", "key", "value", "classifier"}
+    assert set(params["key"]) == {"kernel"} and set(params["value"]) == {"kernel"}
+    assert params["query"].shape == (8,)
+
+
+def test_probe_features_selects_block_or_mean_of_last_k():
+    inter = {f"block_{i}": jnp.full((1, 2, 3), float(i)) for i in range(8)}
+    np.testing.assert_array_equal(probe_features(inter, 8, block=3), 3.0)
+    np.testing.assert_array_equal(probe_features(inter, 8, block=-1), 7.0)
+    np.testing.assert_allclose(probe_features(inter, 8), np.mean([2, 3, 4, 5, 6, 7]))
+    np.testing.assert_allclose(probe_features(inter, 8, last_k=2), 6.5)
+    small = {k: inter[k] for k in ("block_0", "block_1")}
+    np.testing.assert_allclose(probe_features(small, 2, last_k=6), 0.5)
+    with pytest.raises(ValueError):
+        probe_features(inter, 8, block=8)
