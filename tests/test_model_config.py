@@ -30,6 +30,7 @@ def test_resolve_fills_missing_keys():
         ("dtype", "float16", "model.dtype"),
         ("remat", "save_everything", "model.remat"),
         ("attention_impl", "flash", "model.attention_impl"),
+        ("attention_impl", "cudnn", "bfloat16"),
     ],
 )
 def test_bad_values_raise_user_error(key, value, match):
