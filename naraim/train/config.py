@@ -4,6 +4,7 @@ heavy."""
 import jax
 import ml_collections
 
+from naraim import diffusion
 from naraim.data.config import default_data_config, validate_data_config
 from naraim.errors import UserError
 from naraim.model.config import default_model_config, validate_model_config
@@ -46,7 +47,8 @@ def default_pretrain_config() -> ml_collections.ConfigDict:
 
     cfg.loss = ml_collections.ConfigDict()
     cfg.loss.norm_pix = True
-    cfg.loss.objective = "mse"
+    cfg.loss.objective = "mse"  # 'mse' | 'diffusion' (DARL; with model.head='denoising')
+    cfg.loss.diffusion = diffusion.default_config()
 
     cfg.mesh = ml_collections.ConfigDict()
     cfg.mesh.fsdp = False  # shard params and optimizer state over the data axis
@@ -91,14 +93,13 @@ def validate_pretrain_config(cfg: ml_collections.ConfigDict, num_devices: int | 
         raise UserError(f"optim.schedule={cfg.optim.schedule!r}; use one of {', '.join(SCHEDULES)}")
     if cfg.optim.lr <= 0 or cfg.optim.warmup_steps < 0 or cfg.optim.cooldown_steps < 0:
         raise UserError("optim.lr must be > 0 and optim.warmup_steps, optim.cooldown_steps >= 0")
-    if cfg.optim.warmup_steps + cfg.optim.cooldown_steps > cfg.total_steps:
+    cooldown = cfg.optim.cooldown_steps if cfg.optim.schedule == "naraim" else 0
+    if cfg.optim.schedule != "constant" and cfg.optim.warmup_steps + cooldown > cfg.total_steps:
         raise UserError(
-            f"optim.warmup_steps + optim.cooldown_steps = "
-            f"{cfg.optim.warmup_steps + cfg.optim.cooldown_steps} "
+            f"optim.warmup_steps + optim.cooldown_steps = {cfg.optim.warmup_steps + cooldown} "
             f"exceed total_steps={cfg.total_steps}; shorten them or train longer"
         )
-    if cfg.loss.objective != "mse":
-        raise UserError(f"loss.objective={cfg.loss.objective!r} is not supported by this trainer; use 'mse'")
+    diffusion.validate_objective(cfg.loss, cfg.model.head)
     if cfg.wandb.mode not in WANDB_MODES:
         raise UserError(f"wandb.mode={cfg.wandb.mode!r}; use one of {', '.join(WANDB_MODES)}")
     if cfg.eval.batch_size % num_devices:

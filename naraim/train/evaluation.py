@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
+from naraim import diffusion
 from naraim.data.pipeline import make_eval_iterator
 from naraim.model.sizes import patch_size
 from naraim.train import plots
@@ -44,9 +45,16 @@ def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_shardin
 
     def eval_step(params, batch):
         inputs = {k: batch[k] for k in MODEL_INPUTS}
-        out = model.apply({"params": params}, inputs, attention="causal")
+        if cfg.loss.objective == "diffusion":
+            # DARL: the denoising objective under fixed noise; the plotted prediction is the x_0 estimate from
+            # pure noise (the context alone).
+            rng, kw = jax.random.PRNGKey(0), {"attention": "causal"}
+            err, _ = diffusion.denoising_error(model, params, inputs, rng, cfg.loss, **kw)
+            pred = diffusion.pure_noise_prediction(model, params, inputs, rng, cfg.loss, **kw)
+        else:
+            pred = model.apply({"params": params}, inputs, attention="causal")["pred"]
+            err = per_patch_error(pred, inputs["patches"], norm_pix)
         n = inputs["patches"].shape[1]
-        err = per_patch_error(out["pred"], inputs["patches"], norm_pix)
         w = loss_weights(inputs["length"], first, n) * batch["valid"][:, None].astype(jnp.float32)
         rel = jnp.arange(n)[None, :] / inputs["length"][:, None]
         b = jnp.clip(jnp.floor(rel * bins).astype(jnp.int32), 0, bins - 1)
@@ -58,7 +66,7 @@ def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_shardin
             "bin_count": onehot.sum((0, 1)),
             "pos_sum": jnp.sum(err * w, 0),
             "pos_count": jnp.sum(w, 0),
-            "pred_pixels": unnormalize(out["pred"][:n_img], inputs["patches"][:n_img], norm_pix),
+            "pred_pixels": unnormalize(pred[:n_img], inputs["patches"][:n_img], norm_pix),
             **{k: inputs[k][:n_img] for k in MODEL_INPUTS},
         }
 

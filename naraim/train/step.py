@@ -10,6 +10,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
+from naraim import diffusion
 from naraim.model.sizes import patch_size
 from naraim.train.loss import loss_weights, per_patch_error
 from naraim.train.mesh import DATA_AXIS, state_shardings
@@ -54,7 +55,9 @@ def init_state(model: nn.Module, optimizer: optax.GradientTransformation, cfg: C
 
     def init():
         rng = jax.random.PRNGKey(cfg.seed)
-        params = model.init(jax.random.fold_in(rng, 0), dummy_batch(cfg, 1))["params"]
+        batch = dummy_batch(cfg, 1)
+        head_inputs = diffusion.init_head_inputs(cfg.loss, 1, *batch["patches"].shape[1:])
+        params = model.init(jax.random.fold_in(rng, 0), batch, head_inputs=head_inputs)["params"]
         return {
             "params": params,
             "opt_state": optimizer.init(params),
@@ -88,7 +91,12 @@ def make_train_step(
     sos = bool(cfg.model.get("sos_token", False))
     micro_sharding = NamedSharding(mesh, P(None, DATA_AXIS))
 
-    def summed_error(params, inputs, prefix, weights):
+    def summed_error(params, inputs, prefix, weights, noise_rng):
+        if cfg.loss.objective == "diffusion":  # DARL: denoise per-patch corrupted targets
+            err, _ = diffusion.denoising_error(
+                model, params, inputs, noise_rng, cfg.loss, prefix_length=prefix
+            )
+            return jnp.sum(err * weights)
         out = model.apply({"params": params}, inputs, prefix_length=prefix)
         return jnp.sum(per_patch_error(out["pred"], inputs["patches"], norm_pix) * weights)
 
@@ -99,15 +107,17 @@ def make_train_step(
         weights = loss_weights(inputs["length"], first, inputs["patches"].shape[1])
         count = jnp.maximum(jnp.sum(weights), 1.0)
         grad_fn = jax.value_and_grad(summed_error)
+        noise_rng = jax.random.fold_in(rng, 1)
         if num_micro == 1:
-            err_sum, grads = grad_fn(state["params"], inputs, prefix, weights)
+            err_sum, grads = grad_fn(state["params"], inputs, prefix, weights, noise_rng)
         else:
 
             def split(x):
                 x = x.reshape(x.shape[0] // num_micro, num_micro, *x.shape[1:]).swapaxes(0, 1)
                 return jax.lax.with_sharding_constraint(x, micro_sharding)
 
-            xs = jax.tree_util.tree_map(split, (inputs, prefix, weights))
+            noise_rngs = jax.random.split(noise_rng, num_micro)
+            xs = (*jax.tree_util.tree_map(split, (inputs, prefix, weights)), noise_rngs)
 
             def accumulate(carry, micro):
                 e, g = grad_fn(state["params"], *micro)

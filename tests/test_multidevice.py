@@ -1,0 +1,127 @@
+"""Data parallel, FSDP and gradient accumulation on 4 simulated CPU devices, and 2 processes on loopback, give
+the losses of one device."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = r"""
+import json, os, sys
+import jax, numpy as np
+from jax.sharding import PartitionSpec as P
+sys.path.insert(0, "configs")
+import importlib.util
+spec = importlib.util.spec_from_file_location("demo", "configs/demo.py")
+demo = importlib.util.module_from_spec(spec); spec.loader.exec_module(demo)
+from naraim.data.pipeline import make_train_iterator
+from naraim.model.model import make_model
+from naraim.train.mesh import global_batch, make_mesh
+from naraim.train.optimizer import make_optimizer
+from naraim.train.step import init_state, make_train_step
+
+assert jax.device_count() == 4
+base = demo.get_config("naraim")
+base.batch_size, base.data.image_size, base.data.max_tokens = 8, 32, 16
+base.optim.warmup_steps, base.optim.cooldown_steps, base.total_steps = 1, 1, 10
+it = make_train_iterator(base.data, patch_size=8, global_batch_size=8, seed=0)
+batches = [next(it) for _ in range(3)]
+out = {}
+for name, ndev, fsdp, micro in [("one", 1, False, 1), ("dp", 4, False, 1), ("fsdp", 4, True, 1), ("accum", 4, False, 2)]:
+    cfg = base.copy_and_resolve_references()
+    cfg.mesh.fsdp, cfg.micro_batches = fsdp, micro
+    mesh = make_mesh(jax.devices()[:ndev])
+    model = make_model(cfg.model)
+    opt, sched = make_optimizer(cfg.optim, cfg.total_steps)
+    state, shardings = init_state(model, opt, cfg, mesh)
+    if fsdp:
+        specs = [s.spec for s in jax.tree_util.tree_leaves(shardings["params"])]
+        assert any(spec != P() for spec in specs), specs
+    step = make_train_step(model, opt, sched, cfg, mesh, shardings)
+    losses = []
+    for b in batches:
+        state, m = step(state, global_batch(b, mesh))
+        losses.append(float(m["loss"]))
+    out[name] = losses
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_data_parallel_fsdp_and_accumulation_match_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.split("RESULT")[-1])
+    assert out["one"][-1] < out["one"][0]
+    for name in ("dp", "fsdp", "accum"):
+        np.testing.assert_allclose(out[name], out["one"], rtol=2e-5, err_msg=name)
+
+
+ARGS = [
+    "--config=configs/demo.py:naraim",
+    "--config.total_steps=3",
+    "--config.batch_size=8",
+    "--config.data.image_size=32",
+    "--config.data.max_tokens=16",
+    "--config.log_every=1",
+    "--config.checkpoint_every=3",
+    "--config.eval.num_examples=0",
+    "--config.optim.warmup_steps=1",
+    "--config.optim.cooldown_steps=1",
+    # Processes read disjoint strided shards: without shuffling, random transforms and random prefixes the
+    # global batch holds the same examples as a single process's batch (in another order).
+    "--config.data.shuffle=False",
+    "--config.data.transforms=('native_aspect_ratio_resize',)",
+    "--config.model.attention=causal",
+]
+
+
+def train_losses(workdir) -> list[float]:
+    lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+    return [x["loss"] for x in lines if x["split"] == "train"]
+
+
+def test_two_processes_on_loopback_match_one_process(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "scripts/pretrain.py", *ARGS]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen(
+            [
+                *cmd,
+                f"--workdir={tmp_path / 'two'}",
+                "--distributed",
+                f"--coordinator=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    single = subprocess.run(
+        [*cmd, f"--workdir={tmp_path / 'one'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    np.testing.assert_allclose(train_losses(tmp_path / "two"), train_losses(tmp_path / "one"), rtol=2e-5)
