@@ -32,7 +32,8 @@ base.optim.warmup_steps, base.optim.cooldown_steps, base.total_steps = 1, 1, 10
 it = make_train_iterator(base.data, patch_size=8, global_batch_size=8, seed=0)
 batches = [next(it) for _ in range(3)]
 out = {}
-for name, ndev, fsdp, micro in [("one", 1, False, 1), ("dp", 4, False, 1), ("fsdp", 4, True, 1), ("accum", 4, False, 2)]:
+runs = [("one", 1, False, 1), ("dp", 4, False, 1), ("fsdp", 4, True, 1), ("accum", 4, False, 2)]
+for name, ndev, fsdp, micro in runs:
     cfg = base.copy_and_resolve_references()
     cfg.mesh.fsdp, cfg.micro_batches = fsdp, micro
     mesh = make_mesh(jax.devices()[:ndev])

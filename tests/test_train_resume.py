@@ -1,4 +1,4 @@
-"""Exact resume: a run SIGKILLed at arbitrary moments and re-run ends bitwise equal to an uninterrupted run."""
+"""Exact resume: a run SIGKILLed mid-run and re-run ends bitwise equal to an uninterrupted run."""
 
 import os
 import signal
