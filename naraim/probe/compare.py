@@ -33,11 +33,16 @@ def format_table(runs: dict[str, dict]) -> str:
         ["examples", *(str(runs[n]["num_examples"]) for n in names)],
     ]
     for i, b in enumerate(runs[names[0]]["per_aspect_ratio_bin"]):
-        cells = [f"{pct(r['per_aspect_ratio_bin'][i]['top1'])} ({r['per_aspect_ratio_bin'][i]['count']})"
-                 for r in (runs[n] for n in names)]
+        cells = [
+            f"{pct(r['per_aspect_ratio_bin'][i]['top1'])} ({r['per_aspect_ratio_bin'][i]['count']})"
+            for r in (runs[n] for n in names)
+        ]
         rows.append([f"AR {bin_label(*b['bin'])}", *cells])
     header = ["", *names]
     widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) if j == 0 else str(c).rjust(w)  # noqa: E731
-                               for j, (c, w) in enumerate(zip(r, widths, strict=True)))
+
+    def line(r: list) -> str:
+        cells = zip(r, widths, strict=True)
+        return "  ".join(str(c).ljust(w) if j == 0 else str(c).rjust(w) for j, (c, w) in enumerate(cells))
+
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])

@@ -31,8 +31,12 @@ def plot_accuracy_by_bin(
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(bins), 4))
     for i, name in enumerate(names):
         acc = [np.nan if b["top1"] is None else 100 * b["top1"] for b in runs[name]["per_aspect_ratio_bin"]]
-        bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, acc, width,
-                      label=f"{name} (overall {100 * runs[name]['top1']:.1f}%)")
+        bars = ax.bar(
+            x + (i - (len(names) - 1) / 2) * width,
+            acc,
+            width,
+            label=f"{name} (overall {100 * runs[name]['top1']:.1f}%)",
+        )
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks(x, [f"{bin_label(*b)}\nn={c}" for b, c in zip(bins, counts, strict=True)])
     ax.set_xlabel("aspect ratio (width / height) of the source image")

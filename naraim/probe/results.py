@@ -19,9 +19,7 @@ from naraim.probe.bins import assign_bins, check_edges
 RESULTS_FILE = "results.json"
 
 
-def summarize(
-    top1: np.ndarray, top5: np.ndarray, aspect_ratio: np.ndarray, edges: Sequence[float]
-) -> dict:
+def summarize(top1: np.ndarray, top5: np.ndarray, aspect_ratio: np.ndarray, edges: Sequence[float]) -> dict:
     """Results dict from per-example correctness (bool [M]) and aspect ratios (float [M]) of M examples."""
     edges = check_edges(edges)
     top1 = np.asarray(top1, dtype=bool)

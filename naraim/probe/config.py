@@ -1,0 +1,121 @@
+"""The probe run's config: overrides template, resolution against the pre-training run, validation.
+
+A probe config carries `data` and `model` sections whose leaves are None unless the user sets them; the
+resolved config is the pre-training run's data/model config with those set leaves laid over it.
+"""
+
+import math
+
+from ml_collections import ConfigDict, config_dict
+
+from naraim.data.config import default_data_config, validate_data_config
+from naraim.errors import UserError
+from naraim.model.config import resolve_model_config, validate_model_config
+from naraim.model.sizes import get_size
+
+PROTOCOLS = ("attentive", "finetune", "linear")
+ATTENTIONS = ("bidirectional", "causal")
+CACHE_MODES = ("auto", "always", "never")
+TRAIN_TRANSFORMS = ("pretraining", "eval")
+DESCRIPTORS = ("last", "mean", "probe")
+WANDB_MODES = ("disabled", "offline", "online")
+# Data transforms that draw from the rng; a pipeline without them yields the same example every epoch.
+RANDOM_TRANSFORMS = ("random_crop_native", "random_resized_crop", "horizontal_flip")
+
+
+def override_template(defaults: ConfigDict) -> ConfigDict:
+    """A copy of `defaults` with every leaf replaced by a None placeholder of the same type."""
+    out = ConfigDict()
+    for key, value in defaults.items():
+        if isinstance(value, ConfigDict):
+            out[key] = override_template(value)
+        else:
+            out[key] = config_dict.placeholder(type(value))
+    return out
+
+
+def _plain(value):
+    return tuple(_plain(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def overlay(base: ConfigDict, overrides) -> ConfigDict:
+    """A copy of `base` with the non-None leaves of `overrides` (a ConfigDict or mapping) laid over it; JSON
+    lists become tuples. Keys that `base` lacks are added."""
+    out = ConfigDict(base.to_dict())
+    for key, value in dict(overrides).items():
+        if isinstance(value, ConfigDict | dict):
+            out[key] = overlay(out[key] if key in out else ConfigDict(), value)
+        elif value is not None:
+            out[key] = _plain(value)
+    return out
+
+
+def default_data_overrides() -> ConfigDict:
+    """The probe config's `data` section: every data.* key, unset."""
+    return override_template(default_data_config())
+
+
+def resolve(cfg: ConfigDict, pretrain_cfg: ConfigDict) -> ConfigDict:
+    """The probe config with `model` (the pre-trained architecture + compute overrides) and `data` (the
+    pre-training data recipe, with its eval transforms for training if train_transforms='eval', + overrides)
+    resolved."""
+    model = overlay(resolve_model_config(pretrain_cfg.model), cfg.model)
+    data = overlay(default_data_config(), pretrain_cfg.data)
+    if cfg.train_transforms == "eval":
+        data.transforms = data.eval_transforms
+    data = overlay(data, cfg.data)
+    out = ConfigDict(cfg.to_dict())
+    out.model, out.data = model, data
+    return out
+
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise UserError(f"{key}={value!r} is not supported: use one of {', '.join(map(repr, allowed))}")
+
+
+def validate(cfg: ConfigDict) -> None:
+    """Raises UserError for the first bad value of a resolved probe config."""
+    _choice("protocol", cfg.protocol, PROTOCOLS)
+    _choice("attention", cfg.attention, ATTENTIONS)
+    _choice("train_transforms", cfg.train_transforms, TRAIN_TRANSFORMS)
+    _choice("probe.cache_features", cfg.probe.cache_features, CACHE_MODES)
+    _choice("finetune.descriptor", cfg.finetune.descriptor, DESCRIPTORS)
+    _choice("wandb.mode", cfg.wandb.mode, WANDB_MODES)
+    for key in ("total_steps", "batch_size", "log_every"):
+        if int(cfg[key]) < 1:
+            raise UserError(f"{key}={cfg[key]} must be at least 1")
+    if cfg.eval_every < 0 or (cfg.eval.batch_size is not None and cfg.eval.batch_size < 1):
+        raise UserError("eval_every must be >= 0 (0: only at the end) and eval.batch_size >= 1")
+    if cfg.optim.lr <= 0 or not 0 <= cfg.optim.warmup_steps <= cfg.total_steps:
+        raise UserError("optim.lr must be > 0 and 0 <= optim.warmup_steps <= total_steps")
+    if not 0 < cfg.finetune.layer_decay <= 1 or not 0 <= cfg.finetune.label_smoothing < 1:
+        raise UserError("finetune.layer_decay must be in (0, 1] and finetune.label_smoothing in [0, 1)")
+    if min(cfg.finetune.mixup_alpha, cfg.finetune.cutmix_alpha) < 0 or not 0 <= cfg.finetune.mix_prob <= 1:
+        raise UserError("finetune.mixup_alpha and cutmix_alpha must be >= 0 and finetune.mix_prob in [0, 1]")
+    validate_model_config(cfg.model, get_size(cfg.model.variant)["patch"], int(cfg.data.max_tokens))
+    validate_data_config(cfg.data, get_size(cfg.model.variant)["patch"])
+    depth = get_size(cfg.model.variant)["depth"]
+    for key, block in (("probe.block", cfg.probe.block), ("linear.block", cfg.linear.block)):
+        if block is not None and not -depth <= block < depth:
+            raise UserError(f"{key}={block} is outside the backbone's {depth} blocks: use 0..{depth - 1}")
+    if cfg.probe.last_k < 1:
+        raise UserError(f"probe.last_k={cfg.probe.last_k} must be at least 1")
+    if cfg.probe.cache_features == "always" and has_randomness(cfg.data):
+        raise UserError(
+            f"probe.cache_features='always' but data.transforms={tuple(cfg.data.transforms)} is random; "
+            "use 'auto', deterministic transforms, or train_transforms='eval'"
+        )
+
+
+def has_randomness(data_cfg: ConfigDict) -> bool:
+    """Whether the training transforms draw from the rng (a flip with probability 0 does not)."""
+    names = set(data_cfg.transforms) & set(RANDOM_TRANSFORMS)
+    if names == {"horizontal_flip"} and float(data_cfg.horizontal_flip_prob) == 0:
+        return False
+    return bool(names)
+
+
+def edges_from_config(edges) -> tuple[float, ...]:
+    """aspect_ratio_bins as floats; edges >= 1e9 (how the command line writes infinity) become math.inf."""
+    return tuple(math.inf if float(e) >= 1e9 else float(e) for e in edges)

@@ -1,0 +1,114 @@
+"""Probe / fine-tuning train state, the jitted train step and the eval step.
+
+State: {'params': trainable params ({'head'} for frozen protocols, {'backbone', 'head'} for fine-tuning),
+'batch_stats': the head's BatchNorm statistics, 'opt_state', 'step', 'rng'}. A frozen backbone's parameters
+are a separate, read-only argument: they are never in the optimizer and never updated.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from ml_collections import ConfigDict
+
+from naraim.probe.accuracy import topk_correct
+from naraim.probe.classifier import Classifier
+from naraim.probe.mixup import mix_batch
+
+
+def init_params(clf: Classifier, backbone_params: dict, sample: dict, seed: int) -> tuple[dict, dict]:
+    """(trainable params, head batch_stats); `sample` is a batch of model inputs that shapes the head."""
+    features = clf.features(backbone_params, sample)
+    head_vars = clf.head.init(jax.random.PRNGKey(seed), features, sample["length"], False)
+    params = {"head": head_vars["params"]}
+    if not clf.frozen:
+        params["backbone"] = backbone_params
+    return params, head_vars.get("batch_stats", {})
+
+
+def init_state(params: dict, batch_stats: dict, optimizer: optax.GradientTransformation, seed: int) -> dict:
+    """The initial train state around the trainable params."""
+    return {
+        "params": params,
+        "batch_stats": batch_stats,
+        "opt_state": optimizer.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "rng": jax.random.fold_in(jax.random.PRNGKey(seed), 1),
+    }
+
+
+def _targets(label: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
+    one_hot = jax.nn.one_hot(label, num_classes)
+    return one_hot * (1 - smoothing) + smoothing / num_classes
+
+
+def make_train_step(
+    clf: Classifier,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    cfg: ConfigDict,
+    num_classes: int,
+    cached: bool,
+) -> Callable:
+    """Returns jitted step(state, frozen_backbone_params, batch) -> (state, metrics) with the state donated.
+
+    cached: batch = {'features' [B,N,D], 'length', 'label'} from the feature cache; else the batch contract
+    (the features are computed by the backbone inside the step). frozen_backbone_params: the backbone's params
+    for frozen protocols, None for fine-tuning. Fine-tuning applies label smoothing and mixup/CutMix.
+    """
+    finetune = not clf.frozen
+    ft = cfg.finetune
+    smoothing = float(ft.label_smoothing) if finetune else 0.0
+
+    def loss_fn(params, batch_stats, frozen, batch, rng):
+        targets = _targets(batch["label"], num_classes, smoothing)
+        if cached:
+            features = batch["features"]
+        else:
+            if finetune:
+                batch, targets = mix_batch(rng, batch, targets, ft.mixup_alpha, ft.cutmix_alpha, ft.mix_prob)
+            features = clf.features(params["backbone"] if finetune else frozen, batch)
+        head_vars = {"params": params["head"], **({"batch_stats": batch_stats} if batch_stats else {})}
+        logits, new_stats = clf.logits(head_vars, features, batch["length"], train=True)
+        loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+        return loss, (logits, new_stats)
+
+    def step(state, frozen, batch):
+        rng = jax.random.fold_in(state["rng"], state["step"])
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (logits, new_stats)), grads = grad_fn(
+            state["params"], state["batch_stats"], frozen, batch, rng
+        )
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.mean(topk_correct(logits, batch["label"], 1)),
+            "grad_norm": optax.tree.norm(grads),
+            "lr": schedule(state["step"]),
+        }
+        new_state = {
+            "params": optax.apply_updates(state["params"], updates),
+            "batch_stats": new_stats,
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+            "rng": state["rng"],
+        }
+        return new_state, metrics
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def make_eval_step(clf: Classifier) -> Callable:
+    """Returns jitted eval(state, frozen_backbone_params, batch) -> (top1 bool [B], top5 bool [B])."""
+
+    def evaluate(state, frozen, batch):
+        backbone_params = frozen if clf.frozen else state["params"]["backbone"]
+        features = clf.features(backbone_params, batch)
+        head_vars = {"params": state["params"]["head"]}
+        if state["batch_stats"]:
+            head_vars["batch_stats"] = state["batch_stats"]
+        logits, _ = clf.logits(head_vars, features, batch["length"], train=False)
+        return topk_correct(logits, batch["label"], 1), topk_correct(logits, batch["label"], 5)
+
+    return jax.jit(evaluate)
