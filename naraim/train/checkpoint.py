@@ -8,6 +8,7 @@ restored.
 
 import base64
 import json
+import logging
 import os
 
 import jax
@@ -153,13 +154,19 @@ def restore_params(path: str) -> tuple[dict, ConfigDict, int]:
     workdir, step = _locate(path)
     cfg = read_config(workdir)
     item_dir = os.path.join(workdir, CHECKPOINT_DIR, str(step), "state")
-    checkpointer = ocp.PyTreeCheckpointer()
-    params_meta = checkpointer.metadata(item_dir).item_metadata.tree["params"]
-    restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params_meta)
-    restored = checkpointer.restore(
-        item_dir,
-        args=ocp.args.PyTreeRestore(
-            item={"params": params_meta}, restore_args={"params": restore_args}, partial_restore=True
-        ),
-    )
+    absl_logger = logging.getLogger("absl")  # orbax warns that the item folder has no step-level metadata
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        checkpointer = ocp.PyTreeCheckpointer()
+        params_meta = checkpointer.metadata(item_dir).item_metadata.tree["params"]
+        restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params_meta)
+        restored = checkpointer.restore(
+            item_dir,
+            args=ocp.args.PyTreeRestore(
+                item={"params": params_meta}, restore_args={"params": restore_args}, partial_restore=True
+            ),
+        )
+    finally:
+        absl_logger.setLevel(level)
     return restored["params"], cfg, step

@@ -127,7 +127,7 @@ def make_train_step(
             (err_sum, grads), _ = jax.lax.scan(accumulate, zero, xs)
         loss = err_sum / count
         grads = jax.tree_util.tree_map(lambda g: g / count, grads)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
