@@ -2,6 +2,8 @@
 
 naraim   native aspect ratio (64x64-pixel area, patch 8, up to 64 tokens), prefix-causal, normalized pixels
 aim      the same model on square RandomResizedCrop images
+darl     DARL: SOS token, causal, raster order, 2D RoPE, denoising head trained with the diffusion objective
+darl_mse the same backbone with a linear head and the MSE objective
 """
 
 from naraim.train.config import apply_variant, default_pretrain_config
@@ -24,7 +26,22 @@ def _aim(cfg):
     square_aim_data(cfg)
 
 
-VARIANTS = {"naraim": _naraim, "aim": _aim}
+def _darl_mse(cfg):
+    _naraim(cfg)
+    cfg.model.posemb = "rope_2d"
+    cfg.model.attention = "causal"
+    cfg.model.sos_token = True
+    cfg.loss.norm_pix = False  # raw pixel targets: completions need no per-patch statistics of the original
+
+
+def _darl(cfg):
+    _darl_mse(cfg)
+    cfg.model.head = "denoising"
+    cfg.loss.objective = "diffusion"
+    cfg.loss.diffusion.append_gamma = True
+
+
+VARIANTS = {"naraim": _naraim, "aim": _aim, "darl": _darl, "darl_mse": _darl_mse}
 
 
 def get_config(arg: str | None = None):

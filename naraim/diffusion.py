@@ -16,6 +16,7 @@ import ml_collections
 
 from naraim.errors import UserError
 
+OBJECTIVES = ("mse", "diffusion")
 PREDICT_CHOICES = ("x0", "eps")
 # Smallest signal level used when an eps prediction is turned back into x_0 (division by sqrt(g)).
 MIN_GAMMA_FOR_EPS = 1e-3
@@ -69,12 +70,6 @@ def head_inputs(noisy: jax.Array, gamma: jax.Array, append_gamma: bool) -> dict[
     """The denoising head's extra inputs: {'noisy': x_t [B,N,D], 'gamma': g [B,N], or None when the
     decoder is not conditioned on the signal level (loss.diffusion.append_gamma=False)}."""
     return {"noisy": noisy, "gamma": gamma if append_gamma else None}
-
-
-def regression_loss(pred: jax.Array, target: jax.Array, weights: jax.Array) -> jax.Array:
-    """Scalar: mean-over-subpixels squared error of pred vs target [B,N,D], averaged over weights [B,N]."""
-    err = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)
-    return jnp.sum(err * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def predicted_x0(pred: jax.Array, x_t: jax.Array, gamma: jax.Array, predict: str) -> jax.Array:
@@ -136,3 +131,66 @@ def ddpm_sample(
 
     x0, _ = jax.lax.scan(step, x_init, jnp.arange(num_steps))
     return x0
+
+
+def validate_objective(loss_cfg: Mapping[str, Any], head: str) -> None:
+    """Raises UserError unless loss.objective is 'mse' or 'diffusion' and the head matches it
+    ('denoising' exactly when the objective is 'diffusion')."""
+    objective = loss_cfg["objective"]
+    if objective not in OBJECTIVES:
+        raise UserError(f"loss.objective={objective!r} is not supported: use one of {OBJECTIVES}")
+    if (objective == "diffusion") != (head == "denoising"):
+        raise UserError(
+            f"loss.objective={objective!r} with model.head={head!r}: the diffusion objective needs "
+            "model.head='denoising' and the denoising head needs loss.objective='diffusion'"
+        )
+    if objective == "diffusion":
+        validate_config(loss_cfg["diffusion"])
+
+
+def init_head_inputs(loss_cfg: Mapping[str, Any], batch_size: int, num_tokens: int, patch_dim: int):
+    """Zero head inputs of the run's static shapes for model.init (None for the MSE objective)."""
+    if loss_cfg["objective"] != "diffusion":
+        return None
+    noisy = jnp.zeros((batch_size, num_tokens, patch_dim), jnp.float32)
+    gamma = jnp.zeros((batch_size, num_tokens), jnp.float32)
+    return head_inputs(noisy, gamma, loss_cfg["diffusion"]["append_gamma"])
+
+
+def denoising_error(
+    model: Any,
+    params: Any,
+    inputs: Mapping[str, jax.Array],
+    rng: jax.Array,
+    loss_cfg: Mapping[str, Any],
+    **kwargs: Any,
+) -> tuple[jax.Array, jax.Array]:
+    """The diffusion objective per patch: float32 [B,N] mean-over-subpixels squared error of the decoder
+    output against x_0 (or eps) for targets corrupted with per-patch g ~ Beta(a, b), and the decoder's
+    x_0 estimate [B,N,D] (target units). kwargs go to model.apply (attention, prefix_length)."""
+    from naraim.train.loss import patch_targets
+
+    targets = patch_targets(inputs["patches"], loss_cfg["norm_pix"])
+    extra, regression_target = corrupt_targets(rng, targets, loss_cfg["diffusion"])
+    pred = model.apply({"params": params}, inputs, head_inputs=extra, **kwargs)["pred"]
+    err = jnp.mean(jnp.square(pred - regression_target), axis=-1)
+    gamma = extra["gamma"] if extra["gamma"] is not None else jnp.zeros(targets.shape[:-1])
+    return err, predicted_x0(pred, extra["noisy"], gamma, loss_cfg["diffusion"]["predict"])
+
+
+def pure_noise_prediction(
+    model: Any,
+    params: Any,
+    inputs: Mapping[str, jax.Array],
+    rng: jax.Array,
+    loss_cfg: Mapping[str, Any],
+    **kwargs: Any,
+) -> jax.Array:
+    """The decoder's x_0 estimate [B,N,D] from pure noise (g = 0), i.e. from the context alone: what
+    evaluation plots as the diffusion model's next-patch prediction."""
+    shape = inputs["patches"].shape
+    eps = jax.random.normal(rng, shape, jnp.float32)
+    gamma = jnp.zeros(shape[:-1], jnp.float32)
+    extra = head_inputs(eps, gamma, loss_cfg["diffusion"]["append_gamma"])
+    pred = model.apply({"params": params}, inputs, head_inputs=extra, **kwargs)["pred"]
+    return predicted_x0(pred, eps, gamma, loss_cfg["diffusion"]["predict"])

@@ -7,6 +7,8 @@ import pytest
 
 from naraim import diffusion
 from naraim.errors import UserError
+from naraim.model.model import make_model
+from naraim.train.loss import patch_targets, per_patch_error
 
 CFG = {"beta_a": 1.0, "beta_b": 3.0, "predict": "x0", "append_gamma": True}
 
@@ -40,15 +42,34 @@ def test_corrupt_targets_draws_one_level_per_patch():
     np.testing.assert_allclose(rebuilt, no_gamma["noisy"], atol=1e-5)
 
 
-def test_no_noise_reduces_to_mse_objective():
-    targets = jax.random.normal(jax.random.key(4), (2, 6, 12))
-    pred = targets + 0.3 * jax.random.normal(jax.random.key(5), targets.shape)
-    weights = jnp.ones((2, 6)).at[0, 0].set(0.0)
-    eps = jax.random.normal(jax.random.key(6), targets.shape)
-    noisy = diffusion.forward_process(targets, jnp.ones((2, 6)), eps)
-    np.testing.assert_allclose(noisy, targets, atol=1e-6)
-    mse = float(jnp.sum(jnp.mean((pred - targets) ** 2, -1) * weights) / weights.sum())
-    np.testing.assert_allclose(float(diffusion.regression_loss(pred, targets, weights)), mse, rtol=1e-6)
+@pytest.mark.parametrize("norm_pix", [False, True])
+def test_no_noise_reduces_to_mse_objective(monkeypatch, norm_pix):
+    """With g = 1 the decoder sees the clean MSE target and is scored against it exactly like the MSE loss."""
+    monkeypatch.setattr(diffusion, "sample_signal_levels", lambda rng, shape, a, b: jnp.ones(shape))
+    model = make_model(dict(variant="Pico/4", head="denoising", attention="causal", sos_token=True))
+    rng = np.random.default_rng(0)
+    inputs = {
+        "patches": jnp.asarray(rng.integers(0, 256, (2, 6, 48)), jnp.uint8),
+        "coords": jnp.asarray(np.stack(np.divmod(np.arange(6), 3), -1)[None].repeat(2, 0), jnp.int32),
+        "grid": jnp.array([[2, 3]] * 2, jnp.int32),
+        "length": jnp.array([6, 4], jnp.int32),
+    }
+    loss_cfg = {"norm_pix": norm_pix, "objective": "diffusion", "diffusion": CFG}
+    params = model.init(jax.random.key(0), inputs, head_inputs=diffusion.init_head_inputs(loss_cfg, 2, 6, 48))
+    err, x0_hat = diffusion.denoising_error(model, params["params"], inputs, jax.random.key(1), loss_cfg)
+    targets = patch_targets(inputs["patches"], norm_pix)
+    clean_inputs = {"noisy": targets, "gamma": jnp.ones((2, 6))}
+    pred = model.apply(params, inputs, head_inputs=clean_inputs)["pred"]
+    np.testing.assert_allclose(err, per_patch_error(pred, inputs["patches"], norm_pix), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x0_hat, pred, atol=1e-6)
+
+
+def test_validate_objective_pairs_head_and_objective():
+    diffusion.validate_objective({"objective": "mse"}, "linear")
+    diffusion.validate_objective({"objective": "diffusion", "diffusion": CFG}, "denoising")
+    for objective, head in [("mse", "denoising"), ("diffusion", "linear"), ("l1", "linear")]:
+        with pytest.raises(UserError, match="loss.objective"):
+            diffusion.validate_objective({"objective": objective, "diffusion": CFG}, head)
 
 
 def test_predicted_x0_inverts_eps_parameterisation():
