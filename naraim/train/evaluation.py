@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from naraim import diffusion
+from naraim.data import orderings
 from naraim.data.pipeline import make_eval_iterator
 from naraim.model.sizes import patch_size
 from naraim.train import plots
@@ -120,9 +121,10 @@ class Evaluator:
         if len(grids) == 1:
             rows, cols = next(iter(grids))
             if rows * cols <= len(totals["pos_sum"]):
-                grid_err = (totals["pos_sum"] / np.maximum(totals["pos_count"], 1))[: rows * cols].reshape(
-                    rows, cols
-                )
+                by_position = (totals["pos_sum"] / np.maximum(totals["pos_count"], 1))[: rows * cols]
+                # sequence position -> raster position (DARL orderings permute the patches)
+                perm = orderings.ordering_permutation(self.cfg.data.ordering, rows, cols)
+                grid_err = by_position[orderings.inverse_permutation(perm)].reshape(rows, cols)
                 path = os.path.join(self.workdir, f"error_grid_{step}.png")
                 plots.save_error_grid(grid_err, path, f"validation error by patch, step {step}")
                 paths.append(path)
