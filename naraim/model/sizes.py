@@ -8,6 +8,7 @@ SIZES: dict[str, dict[str, int]] = {
     "Pico": dict(width=64, depth=2, heads=4, mlp_dim=256),
     "Ti": dict(width=192, depth=12, heads=3, mlp_dim=768),
     "S": dict(width=384, depth=12, heads=6, mlp_dim=1536),
+    "S6": dict(width=384, depth=6, heads=6, mlp_dim=1536),  # 6-block ViT-S: the CPU training benchmark shape
     "M": dict(width=512, depth=12, heads=8, mlp_dim=2048),
     "B": dict(width=768, depth=12, heads=12, mlp_dim=3072),
     "L": dict(width=1024, depth=24, heads=16, mlp_dim=4096),
