@@ -1,0 +1,96 @@
+"""Training-step throughput for any pre-training config: step time, images/s, tokens/s and MFU against the
+device's measured matmul peak (FLOP convention in naraim/train/flops.py).
+
+  python scripts/benchmark_train.py --config configs/naraim_b14.py --config.batch_size=8 [--steps=10]
+
+Batches are random uint8 patches at the full token budget, already on the device (the input pipeline is
+measured separately by scripts/benchmark_input.py).
+"""
+
+import json
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from naraim.cli import run_main
+from naraim.model.model import make_model
+from naraim.model.sizes import get_size
+from naraim.train.config import validate_pretrain_config
+from naraim.train.flags import define_config_flag, parse_flags
+from naraim.train.flops import matmul_peak_flops, train_flops_per_step
+from naraim.train.mesh import global_batch, make_mesh
+from naraim.train.optimizer import make_optimizer
+from naraim.train.step import init_state, make_train_step
+
+_CONFIG = define_config_flag()
+_STEPS = flags.DEFINE_integer("steps", 10, "timed steps (after 2 warm-up steps)")
+
+
+def random_batch(cfg, rng: np.random.Generator) -> dict:
+    """A full-length batch: a near-square grid holding exactly data.max_tokens patches."""
+    b, n = cfg.batch_size // jax.process_count(), cfg.data.max_tokens
+    p = get_size(cfg.model.variant)["patch"]
+    cols = next(c for c in range(int(np.sqrt(n)), 0, -1) if n % c == 0)
+    rows = n // cols
+    coords = np.stack(np.divmod(np.arange(n), cols), -1).astype(np.int32)
+    return {
+        "patches": rng.integers(0, 256, (b, n, p * p * 3), dtype=np.uint8),
+        "coords": np.broadcast_to(coords, (b, n, 2)).copy(),
+        "grid": np.tile(np.array([rows, cols], np.int32), (b, 1)),
+        "length": np.full((b,), n, np.int32),
+    }
+
+
+def main() -> None:
+    cfg = parse_flags(sys.argv, _CONFIG)
+    validate_pretrain_config(cfg)
+    mesh = make_mesh()
+    model = make_model(cfg.model)
+    optimizer, schedule = make_optimizer(cfg.optim, cfg.total_steps)
+    state, shardings = init_state(model, optimizer, cfg, mesh)
+    step = make_train_step(model, optimizer, schedule, cfg, mesh, shardings)
+    batch = global_batch(random_batch(cfg, np.random.default_rng(0)), mesh)
+    compiled = step.lower(state, batch).compile()
+    xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+    for _ in range(2):
+        state, metrics = step(state, batch)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(_STEPS.value):
+        state, metrics = step(state, batch)
+    jax.block_until_ready(state)
+    step_time = (time.perf_counter() - start) / _STEPS.value
+
+    size = get_size(cfg.model.variant)
+    num_params = sum(x.size for x in jax.tree_util.tree_leaves(state["params"]))
+    n = cfg.data.max_tokens
+    flops = train_flops_per_step(num_params, cfg.batch_size, n, size["depth"], size["width"])
+    dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
+    peak = matmul_peak_flops(dtype) * jax.device_count()
+    result = {
+        "config": cfg.variant,
+        "model": cfg.model.variant,
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "batch_size": cfg.batch_size,
+        "tokens": cfg.data.max_tokens,
+        "params": int(num_params),
+        "step_time_s": step_time,
+        "images_per_sec": cfg.batch_size / step_time,
+        "tokens_per_sec": cfg.batch_size * cfg.data.max_tokens / step_time,
+        "model_gflop_per_step": flops / 1e9,
+        "xla_gflop_per_step": float(xla_flops) / 1e9,
+        "model_gflop_per_sec": flops / step_time / 1e9,
+        f"measured_{jnp.dtype(dtype).name}_matmul_peak_gflop_per_sec": peak / 1e9,
+        "mfu": flops / step_time / peak,
+        "final_loss": float(metrics["loss"]),
+    }
+    if jax.process_index() == 0:
+        print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    run_main(main)
