@@ -1,17 +1,18 @@
 import numpy as np
 import pytest
 
-from naraim.data.tokens import patchify, to_tokens, unpatchify
+from naraim.data.tokens import to_tokens, unpatchify
 
 
 def _image(rows, cols, p):
     return np.random.default_rng(0).integers(0, 256, (rows * p, cols * p, 3), dtype=np.uint8)
 
 
-def test_patchify_is_raster_order_with_row_col_channel_layout():
+def test_patches_are_in_raster_order_with_row_col_channel_layout():
     p = 4
     img = _image(3, 5, p)
-    patches, coords, grid = patchify(img, p)
+    ex = to_tokens(img, patch_size=p, max_tokens=15)
+    patches, coords, grid = ex["patches"], ex["coords"], tuple(ex["grid"])
     assert grid == (3, 5) and patches.shape == (15, p * p * 3) and patches.dtype == np.uint8
     for k in range(15):
         r, c = divmod(k, 5)

@@ -25,12 +25,17 @@ Transform = Callable[[Image.Image, np.random.Generator], Image.Image]
 def _resize_box(
     image: Image.Image, size_hw: tuple[int, int], box: tuple[float, float, float, float]
 ) -> Image.Image:
-    """Resizes the source region box=(x0, y0, x1, y1) (pixels, floats allowed) to size_hw=(h, w)."""
+    """Resizes the source region box=(x0, y0, x1, y1) (pixels, floats allowed) to size_hw=(h, w).
+
+    Shrinking uses area averaging (PIL's BOX filter, like OpenCV's INTER_AREA: antialiased and about a third
+    cheaper than PIL's antialiased bilinear); enlarging uses bilinear interpolation.
+    """
     h, w = size_hw
     iw, ih = image.size
     x0, y0, x1, y1 = box  # clamped: rounding may reach a fraction of a pixel outside the image
     box = (max(0.0, x0), max(0.0, y0), min(float(iw), x1), min(float(ih), y1))
-    return image.resize((w, h), Image.BILINEAR, box=box)
+    shrink = w <= box[2] - box[0] and h <= box[3] - box[1]
+    return image.resize((w, h), Image.BOX if shrink else Image.BILINEAR, box=box)
 
 
 def _grid_box(h: int, w: int, rows: int, cols: int, scale: float, patch_size: int) -> tuple:
