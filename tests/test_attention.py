@@ -31,7 +31,7 @@ def image_batch(rows: int, cols: int, budget: int, batch: int = 2, pad_value: in
 def encode(posemb: str = "absolute_sincos_2d"):
     vit = make_backbone(dict(variant=f"Pico/{P}", posemb=posemb))
     b = image_batch(3, 4, 16)
-    params = vit.init(
+    params = jax.jit(vit.init, static_argnames="attention")(
         jax.random.key(0), b["patches"], b["coords"], b["grid"], b["length"], attention="causal"
     )
 

@@ -22,10 +22,16 @@ def batch(seed: int = 0) -> dict:
     )
 
 
-def build(**cfg):
-    model = make_model(dict(variant=f"Pico/{P}", attention="causal", **cfg))
-    params = model.init(jax.random.key(0), batch())
-    return model, params
+class Built:
+    """A tiny model with its params and a jitted apply(batch, attention=None, prefix_length=None)."""
+
+    def __init__(self, **cfg):
+        model = make_model(dict(variant=f"Pico/{P}", attention="causal", **cfg))
+        self.params = jax.jit(model.init)(jax.random.key(0), batch())
+        self._apply = jax.jit(model.apply, static_argnames="attention")
+
+    def __call__(self, b: dict, attention: str | None = None, prefix_length=None) -> dict:
+        return self._apply(self.params, b, attention=attention, prefix_length=prefix_length)
 
 
 def perturbed(b: dict, j: int) -> dict:
@@ -34,54 +40,58 @@ def perturbed(b: dict, j: int) -> dict:
     return b
 
 
-def changed_preds(model, params, j: int) -> np.ndarray:
+def changed_preds(model: Built, j: int) -> np.ndarray:
     """Target positions whose prediction changes when patch j is changed (first example, all real)."""
     b = batch()
-    diff = np.abs(np.asarray(model.apply(params, perturbed(b, j))["pred"] - model.apply(params, b)["pred"]))
+    diff = np.abs(np.asarray(model(perturbed(b, j))["pred"] - model(b)["pred"]))
     return np.flatnonzero(diff[0].max(axis=-1) > 1e-6)
 
 
+@pytest.fixture(scope="module")
+def linear_model() -> Built:
+    return Built()
+
+
 @pytest.mark.parametrize("head", ["linear", "mlp"])
-def test_prediction_of_patch_j_uses_only_patches_before_j(head):
-    model, params = build(head=head, head_depth=2, head_width=32)
-    out = model.apply(params, batch())
+def test_prediction_of_patch_j_uses_only_patches_before_j(linear_model, head):
+    model = linear_model if head == "linear" else Built(head="mlp", head_depth=2, head_width=32)
+    out = model(batch())
     assert out["pred"].shape == (2, N, P * P * 3) and out["pred"].dtype == jnp.float32
     np.testing.assert_array_equal(out["pred"][:, 0], 0)
     np.testing.assert_array_equal(out["aligned"][:, 1:], out["encoded"][:, :-1])
     for j in (0, 3, 6):
-        np.testing.assert_array_equal(changed_preds(model, params, j), np.arange(j + 1, N))
+        np.testing.assert_array_equal(changed_preds(model, j), np.arange(j + 1, N))
 
 
 def test_sos_token_predicts_every_patch_from_the_past_only():
-    model, params = build(sos_token=True)
-    assert params["params"]["backbone"]["sos"].shape == (64,)
-    out = model.apply(params, batch())
+    model = Built(sos_token=True)
+    assert model.params["params"]["backbone"]["sos"].shape == (64,)
+    out = model(batch())
     np.testing.assert_array_equal(out["aligned"], out["encoded"])
     # pred[:, 0] comes from the SOS alone: the same for any image.
     np.testing.assert_allclose(out["pred"][0, 0], out["pred"][1, 0], atol=1e-6)
     assert np.abs(np.asarray(out["pred"][0, 0])).max() > 0
     for j in (0, 3, 6):
-        np.testing.assert_array_equal(changed_preds(model, params, j), np.arange(j + 1, N))
+        np.testing.assert_array_equal(changed_preds(model, j), np.arange(j + 1, N))
     # The last patch is never input: changing it changes nothing.
-    assert changed_preds(model, params, N - 1).size == 0
+    assert changed_preds(model, N - 1).size == 0
 
 
-def test_intermediates_by_name():
-    model, params = build()
-    out = model.apply(params, batch())
+def test_intermediates_by_name(linear_model):
+    model = linear_model
+    out = model(batch())
     assert {"pred", "aligned", "embed", "block_0", "block_1", "encoded"} <= set(out)
     assert all(out[k].shape == (2, N, 64) for k in ("embed", "block_0", "block_1", "encoded"))
     assert not np.allclose(out["block_0"], out["block_1"])
 
 
-def test_attention_override_and_prefix():
-    model, params = build()
+def test_attention_override_and_prefix(linear_model):
+    model = linear_model
     b = batch()
-    causal = model.apply(params, b)["pred"]
-    bidir = model.apply(params, b, attention="bidirectional")["pred"]
-    assert np.abs(np.asarray(causal - bidir)).max() > 1e-4
-    prefix = model.apply(params, b, attention="prefix_causal", prefix_length=jnp.array([3, 3]))["pred"]
-    # Predictions after the prefix (targets >= 4 come from positions >= 3) see the prefix bidirectionally
-    # encoded, so they differ; targets inside the prefix come from prefix positions.
-    np.testing.assert_allclose(prefix[:, 0], 0)
-    assert np.abs(np.asarray(prefix - causal)).max() > 1e-4
+    causal = np.asarray(model(b)["pred"])
+    bidir = np.asarray(model(b, attention="bidirectional")["pred"])
+    prefix = np.asarray(model(b, attention="prefix_causal", prefix_length=jnp.array([3, 3]))["pred"])
+    # pred[:, 1] comes from position 0: it sees the prefix with prefix attention, only itself causally.
+    assert np.abs(causal[:, 1] - bidir[:, 1]).max() > 1e-4
+    assert np.abs(causal[:, 1] - prefix[:, 1]).max() > 1e-4
+    np.testing.assert_allclose(model(b, attention="prefix_causal")["pred"], causal, atol=1e-6)

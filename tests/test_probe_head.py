@@ -24,32 +24,41 @@ def padded_images(budget: int, pad_value: int) -> dict:
     )
 
 
-@pytest.mark.parametrize("use_map_mlp", [False, True])
-def test_probe_logits_ignore_padding_content_and_budget(use_map_mlp):
+@pytest.fixture(scope="module")
+def features():
+    """A jitted function: padded batch -> mean of the last blocks' features of a tiny bidirectional ViT."""
     vit = make_backbone(dict(variant="Pico/2", attention="bidirectional"))
-    head = ProbeHead(num_classes=5, num_heads=4, use_map_mlp=use_map_mlp)
+    b = padded_images(16, 0)
+    params = jax.jit(vit.init)(jax.random.key(0), b["patches"], b["coords"], b["grid"], b["length"])
 
     @jax.jit
-    def features(b):
-        _, inter = vit.apply(vit_params, b["patches"], b["coords"], b["grid"], b["length"])
+    def run(b):
+        _, inter = vit.apply(params, b["patches"], b["coords"], b["grid"], b["length"])
         return probe_features(inter, depth=2)
 
+    return run
+
+
+@pytest.mark.parametrize("use_map_mlp", [False, True])
+def test_probe_logits_ignore_padding_content_and_budget(features, use_map_mlp):
+    head = ProbeHead(num_classes=5, num_heads=4, use_map_mlp=use_map_mlp)
+    train_step = jax.jit(lambda v, f, n: head.apply(v, f, n, True, mutable=["batch_stats"]))
+    evaluate = jax.jit(lambda v, f, n: head.apply(v, f, n, False))
+
     b16 = padded_images(16, 0)
-    vit_params = jax.jit(vit.init)(
-        jax.random.key(0), b16["patches"], b16["coords"], b16["grid"], b16["length"]
-    )
-    variables = head.init(jax.random.key(1), features(b16), b16["length"], train=True)
-    ref_train, ref_stats = head.apply(variables, features(b16), b16["length"], True, mutable=["batch_stats"])
+    variables = jax.jit(head.init, static_argnums=3)(jax.random.key(1), features(b16), b16["length"], True)
+    ref_train, ref_stats = train_step(variables, features(b16), b16["length"])
     trained = dict(variables, **ref_stats)
-    ref_eval = head.apply(trained, features(b16), b16["length"], False)
+    ref_eval = evaluate(trained, features(b16), b16["length"])
     assert ref_train.shape == (2, 5)
+    assert np.abs(np.asarray(ref_eval - ref_train)).max() > 1e-6  # eval uses the running statistics
     for budget, pad in ((16, 255), (32, 0), (32, 123)):
         b = padded_images(budget, pad)
-        logits, stats = head.apply(variables, features(b), b["length"], True, mutable=["batch_stats"])
+        logits, stats = train_step(variables, features(b), b["length"])
         np.testing.assert_allclose(logits, ref_train, atol=1e-5, rtol=0)
         for s, s_ref in zip(jax.tree.leaves(stats), jax.tree.leaves(ref_stats), strict=True):
             np.testing.assert_allclose(s, s_ref, atol=1e-5, rtol=0)
-        np.testing.assert_allclose(head.apply(trained, features(b), b["length"], False), ref_eval, atol=1e-5)
+        np.testing.assert_allclose(evaluate(trained, features(b), b["length"]), ref_eval, atol=1e-5, rtol=0)
 
 
 def test_masked_batchnorm_uses_real_tokens_only():
