@@ -44,7 +44,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--num_workers", type=int, default=2, help="grain worker processes (0: in-process)")
     parser.add_argument("--read_threads", type=int, default=1, help="threads per process")
-    parser.add_argument("--batches", type=int, default=40, help="batches timed (after --warmup)")
+    parser.add_argument("--batches", type=int, default=20, help="batches timed per repeat")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
     parser.add_argument("--warmup", type=int, default=4, help="batches before timing starts")
     args = parser.parse_args()
 
@@ -57,13 +58,17 @@ def main() -> None:
     for _ in range(args.warmup):
         next(it)
     me = psutil.Process()
-    cpu0, t0 = _cpu_seconds(me), time.perf_counter()
+    runs = []  # (wall seconds, CPU seconds) per repeat
     nbytes = 0
-    for _ in range(args.batches):
-        batch = next(it)
-        nbytes += sum(np.asarray(v).nbytes for v in batch.values())
-    wall, cpu = time.perf_counter() - t0, _cpu_seconds(me) - cpu0
+    for _ in range(args.repeats):
+        cpu0, t0 = _cpu_seconds(me), time.perf_counter()
+        for _ in range(args.batches):
+            batch = next(it)
+            nbytes += sum(np.asarray(v).nbytes for v in batch.values())
+        runs.append((time.perf_counter() - t0, _cpu_seconds(me) - cpu0))
     images = args.batches * args.batch_size
+    wall = float(np.median([w for w, _ in runs]))
+    cpu = float(np.median([c for _, c in runs]))
     result = {
         "source": args.source,
         "transforms": list(cfg.transforms),
@@ -71,14 +76,14 @@ def main() -> None:
         "images_per_sec": images / wall,
         "images_per_sec_per_worker_core": images / wall / max(1, args.num_workers),
         "images_per_cpu_sec": images / cpu if cpu > 0 else None,
-        "bytes_per_example": nbytes / images,
-        "images": images,
-        "wall_s": wall,
-        "cpu_s": cpu,
+        "best_images_per_sec": images / min(w for w, _ in runs),
+        "bytes_per_example": nbytes / (images * args.repeats),
+        "images_per_repeat": images,
+        "repeats": args.repeats,
     }
     per_cpu = f"{result['images_per_cpu_sec']:.0f}" if cpu > 0 else "n/a"
     print(
-        f"{images} images in {wall:.1f}s: {result['images_per_sec']:.0f} images/s total, "
+        f"median of {args.repeats} x {images} images: {result['images_per_sec']:.0f} images/s total, "
         f"{result['images_per_sec_per_worker_core']:.0f} per worker core ({args.num_workers} workers), "
         f"{per_cpu} per CPU-second; {result['bytes_per_example'] / 1e3:.1f} KB host-to-device per example"
     )

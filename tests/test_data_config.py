@@ -1,6 +1,6 @@
 import pytest
 
-from naraim.data.config import default_data_config, validate_data_config
+from naraim.data.config import default_data_config, synthetic_sides, validate_data_config
 from naraim.errors import UserError
 
 
@@ -41,3 +41,11 @@ def test_token_budget_below_grid_is_fine_with_fit_to_token_budget():
     validate_data_config(
         _cfg(max_tokens=64, transforms=("fit_to_token_budget",), eval_transforms=("fit_to_token_budget",)), 14
     )
+
+
+def test_synthetic_sides_default_to_the_image_size():
+    assert synthetic_sides(default_data_config()) == (64, 320)
+    assert synthetic_sides(_cfg(image_size=64)) == (32, 91)
+    cfg = _cfg()
+    cfg.synthetic.min_side, cfg.synthetic.max_side = 10, 20
+    assert synthetic_sides(cfg) == (10, 20)

@@ -50,12 +50,22 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.tfds_data_dir = ""  # '' -> TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
     cfg.synthetic = ml_collections.ConfigDict()
     cfg.synthetic.num_classes = 10
-    cfg.synthetic.min_side = 64  # pixels, shorter side of the generated images is at least this
-    cfg.synthetic.max_side = 320  # pixels, longer side of the generated images is at most this
+    # Sides of the generated images in pixels (shorter >= min_side, longer <= max_side); 0 -> relative to
+    # image_size: min_side = max(32, 2/7 S), max_side = 10/7 S, i.e. 64..320 px at S = 224.
+    cfg.synthetic.min_side = 0
+    cfg.synthetic.max_side = 0
     cfg.synthetic.train_size = 100_000
     cfg.synthetic.validation_size = 2_000
     cfg.synthetic.test_size = 2_000
     return cfg
+
+
+def synthetic_sides(cfg: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(min_side, max_side) of the synthetic images in pixels, resolving 0 relative to data.image_size."""
+    s = int(cfg.image_size)
+    lo = int(cfg.synthetic.min_side) or max(32, round(s * 2 / 7))
+    hi = int(cfg.synthetic.max_side) or max(lo, round(s * 10 / 7))
+    return lo, hi
 
 
 def source_kind(source: str) -> tuple[str, str]:
@@ -115,8 +125,11 @@ def validate_data_config(cfg: ml_collections.ConfigDict, patch_size: int) -> Non
     if not 0 < float(cfg.holdout_fraction) < 1:
         raise UserError(f"data.holdout_fraction={cfg.holdout_fraction} must be strictly between 0 and 1")
     syn = cfg.synthetic
-    if int(syn.num_classes) < 1 or not 1 <= int(syn.min_side) <= int(syn.max_side):
-        raise UserError("data.synthetic needs num_classes >= 1 and 1 <= min_side <= max_side")
+    lo, hi = synthetic_sides(cfg)
+    if int(syn.num_classes) < 1 or int(syn.min_side) < 0 or int(syn.max_side) < 0 or not 1 <= lo <= hi:
+        raise UserError(
+            "data.synthetic needs num_classes >= 1 and 1 <= min_side <= max_side (0 = relative to image_size)"
+        )
     kind, arg = source_kind(cfg.source)
     if kind == "folder" and not os.path.isdir(arg):
         raise UserError(f"image folder {arg!r} (data.source) does not exist; fix the path in data.source")

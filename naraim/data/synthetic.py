@@ -74,57 +74,67 @@ def _size(rng: np.random.Generator, min_side: int, max_side: int) -> tuple[int, 
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
-    return rng.uniform(0, 255, 3).astype(np.float32)
+    return rng.integers(0, 256, 3).astype(np.uint8)
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """float32 [h, w, 3] background in [0, 255] and its approximate mean colour [3]."""
+    """uint8 [h, w, 3] background and its approximate mean colour float [3]."""
     kind = rng.integers(4)
     a = rng.uniform(0, 2 * math.pi)
     cos, sin = math.cos(a), math.sin(a)
     c0, c1 = _colour(rng), _colour(rng)
+    mean = (c0.astype(np.float32) + c1) / 2
     if kind == 1:  # blocky noise around a base colour
         block = int(rng.integers(4, 16))
-        noise = rng.uniform(-60, 60, (h // block + 1, w // block + 1, 3)).astype(np.float32)
-        noise = noise.repeat(block, 0).repeat(block, 1)[:h, :w]
-        return np.clip(c0 + noise, 0, 255), c0
-    xs = np.arange(w, dtype=np.float32)[None, :, None]
-    ys = np.arange(h, dtype=np.float32)[:, None, None]
+        noise = rng.integers(-60, 61, (h // block + 1, w // block + 1, 3)) + c0.astype(np.int64)
+        noise = np.clip(noise, 0, 255).astype(np.uint8)
+        return noise.repeat(block, 0).repeat(block, 1)[:h, :w], c0.astype(np.float32)
+    xs = np.arange(w, dtype=np.float32)[None, :]
+    ys = np.arange(h, dtype=np.float32)[:, None]
     if kind == 2:  # stripes of two colours
         period = rng.uniform(6, 40)
-        proj = (xs[..., 0] * (cos / period)) + (ys[..., 0] * (sin / period))
-        return np.where((proj % 1.0 < 0.5)[..., None], c1, c0), (c0 + c1) / 2
-    # gradient from c0 to c1 along direction a (kind 0), with clutter on top (kind 3)
+        stripe = ((xs * (cos / period) + ys * (sin / period)) % 1.0 < 0.5).view(np.uint8)
+        return np.stack([c0, c1])[stripe], mean
+    # gradient from c0 to c1 along direction a (kind 0), with clutter on top (kind 3): a 256-colour lookup
     corners = [x * cos + y * sin for x in (0, w) for y in (0, h)]
     lo, span = min(corners), max(max(corners) - min(corners), 1.0)
-    step = (c1 - c0) / span
-    img = (c0 - lo * step) + xs * (cos * step) + ys * (sin * step)
+    t = (xs * (cos * 255 / span) + (ys * (sin * 255 / span) - lo * 255 / span)).astype(np.uint8)
+    ramp = np.linspace(0.0, 1.0, 256, dtype=np.float32)[:, None]
+    lut = (c0 + ramp * (c1.astype(np.float32) - c0)).astype(np.uint8)
+    img = lut[t]
     if kind == 3:  # clutter: thin line segments (length/width >= 8, unlike any object class)
         for _ in range(int(rng.integers(5, 16))):
             length = rng.uniform(0.1, 0.4) * max(h, w)
-            _draw(img, rng, lambda u, v: (np.abs(u) <= 1.0) & (np.abs(v) <= 0.06), length / 2, _colour(rng))
-    return img, (c0 + c1) / 2
+            line = lambda u, v: (np.abs(u) <= 1.0) & (np.abs(v) <= 0.06)  # noqa: E731
+            _draw(img, rng, line, length / 2, _colour(rng), extent=(1.0, 0.06))
+    return img, mean
 
 
-def _draw(img: np.ndarray, rng: np.random.Generator, mask_fn, radius: float, colour: np.ndarray) -> None:
-    """Draws mask_fn (object coordinates in units of radius) in place at a random rotation and a random
-    centre that keeps the whole object inside the image when it fits."""
+def _draw(
+    img: np.ndarray,
+    rng: np.random.Generator,
+    mask_fn,
+    radius: float,
+    colour: np.ndarray,
+    extent: tuple[float, float] = (1.15, 1.15),
+) -> None:
+    """Draws mask_fn (object coordinates in units of radius, inside |u| <= extent[0], |v| <= extent[1]) in
+    place at a random rotation and a random centre that keeps the whole object inside when it fits."""
     h, w = img.shape[:2]
-    extent = 1.15 * radius  # the shapes reach 0.8 * sqrt(2) ~ 1.13 radius (square corners)
-    cy = rng.uniform(min(extent, h / 2), max(h - extent, h / 2))
-    cx = rng.uniform(min(extent, w / 2), max(w - extent, w / 2))
     theta = rng.uniform(0, 2 * math.pi)
-    y0, y1 = max(0, int(cy - extent) - 1), min(h, int(cy + extent) + 2)
-    x0, x1 = max(0, int(cx - extent) - 1), min(w, int(cx + extent) + 2)
+    c, s = math.cos(theta), math.sin(theta)
+    ex = radius * (extent[0] * abs(c) + extent[1] * abs(s))  # half-extents of the rotated box, pixels
+    ey = radius * (extent[0] * abs(s) + extent[1] * abs(c))
+    cy = rng.uniform(min(ey, h / 2), max(h - ey, h / 2))
+    cx = rng.uniform(min(ex, w / 2), max(w - ex, w / 2))
+    y0, y1 = max(0, int(cy - ey) - 1), min(h, int(cy + ey) + 2)
+    x0, x1 = max(0, int(cx - ex) - 1), min(w, int(cx + ex) + 2)
     if y0 >= y1 or x0 >= x1:
         return
     dy = (np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5 - cy) / radius
     dx = (np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5 - cx) / radius
-    c, s = math.cos(theta), math.sin(theta)
     u, v = dx * c + dy * s, dy * c - dx * s
-    mask = mask_fn(u, v)
-    region = img[y0:y1, x0:x1]
-    region[mask] = colour
+    img[y0:y1, x0:x1][mask_fn(u, v)] = colour
 
 
 def generate(
@@ -140,4 +150,4 @@ def generate(
         colour = 255 - colour
     radius = rng.uniform(0.25, 0.45) * min(h, w)
     _draw(img, rng, lambda u, v: shape_mask(label, u, v), radius, colour)
-    return img.astype(np.uint8), label
+    return img, label

@@ -7,7 +7,7 @@ example in warnings (a file path, or a record key).
 
 import ml_collections
 
-from naraim.data.config import source_kind
+from naraim.data.config import source_kind, synthetic_sides
 from naraim.data.sources.base import Source
 
 
@@ -18,11 +18,12 @@ def open_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
         from naraim.data.sources.synthetic import SyntheticSource
 
         syn = data_cfg.synthetic
+        min_side, max_side = synthetic_sides(data_cfg)
         return SyntheticSource(
             split,
             num_classes=int(syn.num_classes),
-            min_side=int(syn.min_side),
-            max_side=int(syn.max_side),
+            min_side=min_side,
+            max_side=max_side,
             sizes={"train": syn.train_size, "validation": syn.validation_size, "test": syn.test_size},
         )
     if kind == "folder":
