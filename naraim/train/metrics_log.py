@@ -19,15 +19,25 @@ def _plain(value):
 
 class MetricsLogger:
     """write(step, split, metrics) appends {'step', 'split', **metrics} to metrics.jsonl and logs to wandb as
-    '<split>/<name>'; write_image(step, name, path) logs a PNG to wandb. Processes other than 0 do nothing."""
+    '<split>/<name>'; write_image(step, name, path) logs a PNG to wandb. Processes other than 0 do nothing.
 
-    def __init__(self, workdir: str, cfg: ConfigDict):
+    resume_step: records after this step (written by a run killed after its last checkpoint) are dropped, so
+    the file holds each step once.
+    """
+
+    def __init__(self, workdir: str, cfg: ConfigDict, resume_step: int = 0):
         self._active = jax.process_index() == 0
         self._wandb = None
         if not self._active:
             return
         os.makedirs(workdir, exist_ok=True)
-        self._file = open(os.path.join(workdir, METRICS_FILE), "a")
+        path = os.path.join(workdir, METRICS_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                kept = [line for line in f if _complete_record_upto(line, resume_step)]
+            with open(path, "w") as f:
+                f.writelines(kept)
+        self._file = open(path, "a")
         if cfg.wandb.mode != "disabled":
             import wandb
 
@@ -64,6 +74,13 @@ class MetricsLogger:
         self._file.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _complete_record_upto(line: str, step: int) -> bool:
+    try:
+        return json.loads(line)["step"] <= step
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False
 
 
 def _run_id(workdir: str) -> str:

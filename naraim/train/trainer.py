@@ -37,10 +37,6 @@ def train(cfg: ConfigDict, workdir: str) -> dict:
     Returns {'step', 'train_loss' (mean over the last logging window), 'val_loss' (last evaluation, if any)}.
     """
     validate_pretrain_config(cfg)
-    mesh = make_mesh()
-    model = make_model(cfg.model)
-    optimizer, schedule = make_optimizer(cfg.optim, cfg.total_steps)
-    state, shardings = init_state(model, optimizer, cfg, mesh)
     train_iter = make_train_iterator(
         cfg.data,
         patch_size=patch_size(cfg.model.variant),
@@ -49,6 +45,10 @@ def train(cfg: ConfigDict, workdir: str) -> dict:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+    mesh = make_mesh()
+    model = make_model(cfg.model)
+    optimizer, schedule = make_optimizer(cfg.optim, cfg.total_steps)
+    state, shardings = init_state(model, optimizer, cfg, mesh)
     checkpointer = Checkpointer(workdir, cfg.keep_checkpoints, cfg.keep_every)
     step = checkpointer.latest_step() or 0
     if step:
@@ -59,7 +59,7 @@ def train(cfg: ConfigDict, workdir: str) -> dict:
 
     train_step = make_train_step(model, optimizer, schedule, cfg, mesh, shardings)
     evaluator = Evaluator(model, cfg, mesh, shardings["params"], workdir) if cfg.eval.num_examples else None
-    logger = MetricsLogger(workdir, cfg)
+    logger = MetricsLogger(workdir, cfg, resume_step=step)
     bar = ProgressBar(cfg.total_steps, cfg.batch_size, enabled=cfg.progress_bar)
     summary = {"step": step}
     window, window_start, last_saved = [], time.time(), step or None
