@@ -120,3 +120,16 @@ def test_padding_content_and_budget_do_not_change_real_outputs(run, mode):
         out = np.asarray(run(image_batch(3, 4, budget, pad_value=pad), kw))
         assert np.isfinite(out).all()  # padding queries attend to themselves: no NaN rows
         np.testing.assert_allclose(out[:, :12], ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("posemb", ["fractional", "learned", "rope_1d", "rope_2d"])
+def test_padding_invariance_holds_for_every_posemb(posemb):
+    vit = make_backbone(dict(variant=f"Pico/{P}", posemb=posemb))
+    b16, b32 = image_batch(3, 4, 16), image_batch(3, 4, 32, pad_value=200)
+    params = vit.init(jax.random.key(0), b16["patches"], b16["coords"], b16["grid"], b16["length"])
+
+    def encode(b):
+        inputs = (b[k] for k in ("patches", "coords", "grid", "length"))
+        return np.asarray(vit.apply(params, *inputs, prefix_length=jnp.array([4, 4]))[0])
+
+    np.testing.assert_allclose(encode(b32)[:, :12], encode(b16)[:, :12], atol=1e-5, rtol=0)
