@@ -15,8 +15,9 @@ def test_defaults():
 
 
 def test_resolve_fills_missing_keys():
-    cfg = resolve_model_config({"variant": "Ti/16"})
+    cfg = resolve_model_config({"variant": "Ti/16", "denoiser": {"depth": 2}})
     assert cfg.variant == "Ti/16" and cfg.posemb == "absolute_sincos_2d"
+    assert cfg.denoiser.depth == 2 and cfg.denoiser.mlp_ratio == default_model_config().denoiser.mlp_ratio
 
 
 @pytest.mark.parametrize(

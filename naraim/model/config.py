@@ -42,12 +42,20 @@ def default_model_config() -> ml_collections.ConfigDict:
 
 
 def resolve_model_config(cfg) -> ml_collections.ConfigDict:
-    """Returns the defaults overlaid with the keys set in cfg (ConfigDict or mapping); extra keys kept."""
+    """Returns the defaults overlaid with the keys set in cfg (ConfigDict or mapping, nested sections merged
+    key by key); keys without a default are kept."""
     out = default_model_config()
-    with out.unlocked():
-        for key, value in dict(cfg).items():
-            out[key] = value
+    _overlay(out, cfg)
     return out
+
+
+def _overlay(base: ml_collections.ConfigDict, cfg) -> None:
+    with base.unlocked():
+        for key, value in dict(cfg).items():
+            if isinstance(base.get(key), ml_collections.ConfigDict) and hasattr(value, "items"):
+                _overlay(base[key], value)
+            else:
+                base[key] = value
 
 
 def _fail(key: str, value, allowed) -> None:
