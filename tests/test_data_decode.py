@@ -2,6 +2,7 @@
 
 import io
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -103,6 +104,7 @@ def _bad_folder(root):
     (d / "i_tiny.png").write_bytes(_encode(Image.new("RGB", (2, 3)), "PNG"))
     (d / "j_wide.png").write_bytes(_encode(Image.new("RGB", (800, 20)), "PNG"))  # 1:40
     (d / "k_empty.jpg").write_bytes(b"")
+    os.mkfifo(d / "l_pipe.jpg")  # reading it would block forever: never listed
     return root, {"b_truncated.jpg", "c_notes.txt", "e_corrupt.png", "k_empty.jpg"}
 
 

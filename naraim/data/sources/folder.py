@@ -21,11 +21,20 @@ def _subdirs(path: str) -> list[str]:
 
 
 def _files(path: str) -> list[str]:
-    """Non-hidden files under `path` (recursively), sorted."""
-    out = []
-    for root, dirs, names in os.walk(path, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out.extend(os.path.join(root, n) for n in sorted(names) if not n.startswith("."))
+    """Non-hidden regular files under `path` (recursively), sorted; pipes, sockets and devices are left out
+    so that reading an example can never block."""
+    out, dirs = [], []
+    with os.scandir(path) as entries:
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir():
+                dirs.append(e.path)
+            elif e.is_file():
+                out.append(e.path)
+    out.sort()
+    for d in sorted(dirs):
+        out.extend(_files(d))
     return out
 
 
