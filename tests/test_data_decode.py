@@ -10,7 +10,7 @@ from PIL import Image
 
 from naraim.data.config import default_data_config
 from naraim.data.decode import BadImageError, decode_image
-from naraim.data.pipeline import make_eval_iterator, make_train_iterator
+from naraim.data.pipeline import make_eval_iterator, make_train_iterator, skipped_examples
 from naraim.errors import UserError
 
 
@@ -119,6 +119,7 @@ def _folder_cfg(path):
 def test_pipeline_skips_bad_files_with_warnings_and_keeps_batches_full(tmp_path, caplog):
     root, bad = _bad_folder(tmp_path)
     cfg = _folder_cfg(root)
+    skipped_before = skipped_examples()
     with caplog.at_level(logging.WARNING, logger="naraim.data"):
         it = make_train_iterator(cfg, patch_size=8, global_batch_size=11, seed=0)
         batches = [next(it) for _ in range(3)]
@@ -127,6 +128,7 @@ def test_pipeline_skips_bad_files_with_warnings_and_keeps_batches_full(tmp_path,
         assert (b["length"] <= 16).all() and (b["label"] == 0).all()
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert all(name in warned for name in bad)
+    assert skipped_examples() - skipped_before >= len(bad)
     ev = list(make_eval_iterator(cfg, split="train", patch_size=8, global_batch_size=4))
     valid = np.concatenate([b["valid"] for b in ev])
     assert valid.size == 12 and valid.sum() == 11 - len(bad)  # 11 files, bad ones marked invalid
