@@ -7,7 +7,12 @@ the patches before it: an MSE model (linear/mlp head) predicts the patch greedil
 (denoising head) samples it by DDPM ancestral sampling over `num_steps` steps. Each generated patch is
 rounded to uint8 pixels and fed back as input. One jitted function with static shapes recomputes the
 whole sequence per generated patch (no KV cache). The given prefix is never modified and the original
-patches after it are never seen (they are zeroed before generation).
+patches after it are never input to the model (they are zeroed before generation).
+
+Models trained on normalized-pixel targets (loss.norm_pix) predict each patch up to its mean and scale;
+their completions take those two numbers per patch from the original image (as the reconstructions plot
+does), so they show shape, not colour, predictions. Raw-pixel models (configs/demo.py:darl, darl_mse)
+complete from the prefix alone.
 """
 
 import os
@@ -181,6 +186,8 @@ def generate_from_run(
     rows = completion_images(completed[valid], shown, prefix_length[valid], patch)
     objective = cfg.loss.get("objective", "mse")
     how = f"DDPM, {num_steps} steps" if objective == "diffusion" else "greedy"
+    if cfg.loss.norm_pix:
+        how += ", patch mean/std from the original"
     path = out_path or os.path.join(init_from, f"completions_{step}.png")
     save_completion_grid(rows, path, f"{os.path.basename(os.path.abspath(init_from))} step {step}: {how}")
     return path
