@@ -10,8 +10,9 @@ architecture (model.*) and the data recipe (data.*) are read from that run's con
   finetune   DARL fine-tuning: whole network, no causal mask, last token's output, layer-wise lr decay 0.75,
              label smoothing 0.1, AdamW(0.9, 0.95), weight decay 0.05.
   linear     BatchNorm (no affine) on the mean-pooled features of one block, then a linear layer.
-  demo       sized for the demo pre-training (configs/demo.py) on a 2-core CPU: 2,000 synthetic training
-             images without augmentation (so the backbone features are computed once and cached).
+  demo       sized for the demo pre-training (configs/demo.py) on a 2-core CPU: 4,000 synthetic training
+             images without augmentation (so the backbone features are computed once and cached), 3,000
+             steps of batch 64, 1,000 validation images.
 """
 
 import math
@@ -94,13 +95,13 @@ def get_config(variants: str = "") -> ConfigDict:
         c.protocol = "linear"
         c.optim.weight_decay = 0.0
     if "demo" in names:
-        c.total_steps = 300
+        c.total_steps = 3_000
         c.batch_size = 64
-        c.log_every = 50
-        c.optim.warmup_steps = 30
-        c.optim.lr = 1e-3 if c.protocol == "finetune" else 3e-3
+        c.log_every = 500
+        c.optim.warmup_steps = 100
+        c.optim.lr = 1e-3 if c.protocol == "finetune" else 1e-2
         c.probe.last_k = 2
         c.train_transforms = "eval"
-        c.data.synthetic.train_size = 2_000
+        c.data.synthetic.train_size = 4_000
         c.eval.max_examples = 1_000
     return c

@@ -79,6 +79,26 @@ def test_a_checkpoint_that_does_not_fit_is_one_clear_line(workdir, tmp_path):
     assert len(lines) == 1 and "does not fit the backbone" in lines[0] and "embed" in lines[0], proc.stderr
 
 
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("protocol", "knn", "protocol='knn'"),
+        ("attention", "prefix_causal", "attention='prefix_causal'"),
+        ("probe.block", 5, "probe.block=5 is outside"),
+        ("probe.cache_features", "always", "is random"),
+        ("batch_size", 0, "batch_size=0"),
+        ("init_from", "", "init_from is not set"),
+        ("init_from", "/nonexistent/run", "neither a pre-training workdir"),
+    ],
+)
+def test_bad_probe_settings_are_user_errors(workdir, key, value, message):
+    cfg = tiny_probe_config(workdir)
+    section, _, name = key.rpartition(".")
+    (cfg[section] if section else cfg)[name] = value
+    with pytest.raises(UserError, match=message):
+        prepare(cfg)
+
+
 def _setup(workdir, variants="", **overrides):
     cfg = tiny_probe_config(workdir, variants)
     for key, value in overrides.items():

@@ -6,6 +6,7 @@ resolved config is the pre-training run's data/model config with those set leave
 
 import math
 
+import jax
 from ml_collections import ConfigDict, config_dict
 
 from naraim.data.config import default_data_config, validate_data_config
@@ -74,8 +75,9 @@ def _choice(key: str, value, allowed) -> None:
         raise UserError(f"{key}={value!r} is not supported: use one of {', '.join(map(repr, allowed))}")
 
 
-def validate(cfg: ConfigDict) -> None:
-    """Raises UserError for the first bad value of a resolved probe config."""
+def validate(cfg: ConfigDict, num_devices: int | None = None) -> None:
+    """Raises UserError for the first bad value of a resolved probe config. num_devices defaults to
+    jax.device_count()."""
     _choice("protocol", cfg.protocol, PROTOCOLS)
     _choice("attention", cfg.attention, ATTENTIONS)
     _choice("train_transforms", cfg.train_transforms, TRAIN_TRANSFORMS)
@@ -85,6 +87,11 @@ def validate(cfg: ConfigDict) -> None:
     for key in ("total_steps", "batch_size", "log_every"):
         if int(cfg[key]) < 1:
             raise UserError(f"{key}={cfg[key]} must be at least 1")
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    for key in ("batch_size", "eval.batch_size"):
+        value = cfg.batch_size if key == "batch_size" else (cfg.eval.batch_size or cfg.batch_size)
+        if value % num_devices:
+            raise UserError(f"{key}={value} is not divisible by the {num_devices} devices; use a multiple")
     if cfg.eval_every < 0 or (cfg.eval.batch_size is not None and cfg.eval.batch_size < 1):
         raise UserError("eval_every must be >= 0 (0: only at the end) and eval.batch_size >= 1")
     if cfg.optim.lr <= 0 or not 0 <= cfg.optim.warmup_steps <= cfg.total_steps:

@@ -15,6 +15,7 @@ import optax
 from ml_collections import ConfigDict
 
 from naraim.data.pipeline import make_eval_iterator, make_train_iterator, num_classes
+from naraim.errors import UserError
 from naraim.model.sizes import get_size
 from naraim.probe import config as probe_config
 from naraim.probe.accuracy import Accumulator, local_rows
@@ -44,6 +45,11 @@ def prepare(cfg: ConfigDict) -> tuple[ConfigDict, Classifier, dict, int]:
     probe_config.validate(cfg)
     cfg.pretrain_step = pretrain_step
     classes = num_classes(cfg.data)
+    if classes < 2:
+        raise UserError(
+            f"data.source={cfg.data.source!r} has {classes} class(es): the probe needs labelled data with at "
+            "least 2 classes (e.g. folder:PATH with one sub-folder per class)"
+        )
     clf = make_classifier(cfg, classes)
     check_backbone_params(backbone_params, clf.backbone, dummy_batch(cfg, 1), cfg.init_from)
     return cfg, clf, backbone_params, classes
