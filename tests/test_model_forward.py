@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from naraim.model.model import make_model
+from naraim.model.vit import make_backbone
 
 P = 2
 N = 8
@@ -75,6 +76,18 @@ def test_sos_token_predicts_every_patch_from_the_past_only():
         np.testing.assert_array_equal(changed_preds(model, j), np.arange(j + 1, N))
     # The last patch is never input: changing it changes nothing.
     assert changed_preds(model, N - 1).size == 0
+
+
+def test_backbone_of_an_sos_model_has_the_same_params_without_prepending():
+    """A probe runs the backbone on all patches (no SOS) with the pre-trained params, 'sos' included."""
+    model = Built(sos_token=True)
+    vit = make_backbone(dict(variant=f"Pico/{P}", attention="causal", sos_token=True))
+    b = batch()
+    inputs = [b[k] for k in ("patches", "coords", "grid", "length")]
+    shapes = jax.eval_shape(vit.init, jax.random.key(0), *inputs)["params"]
+    assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, model.params["params"]["backbone"])
+    encoded, _ = vit.apply({"params": model.params["params"]["backbone"]}, *inputs)
+    assert np.isfinite(np.asarray(encoded)).all()
 
 
 def test_intermediates_by_name(linear_model):

@@ -73,6 +73,7 @@ class ViT(nn.Module):
     rope_base: float = 10000.0
     learned_posemb_max_side: int = 256
     attention_impl: str | None = None
+    sos_token: bool = False
 
     @nn.compact
     def __call__(
@@ -91,8 +92,9 @@ class ViT(nn.Module):
         patches uint8 [B,N,P*P*3], coords int32 [B,N,2], grid int32 [B,2], length int32 [B].
         attention: mode override (None -> self.attention). prefix_length int32 [B] for 'prefix_causal'
           (None = empty prefix, i.e. causal).
-        prepend_sos: the sequence becomes [SOS, x_0, .., x_{N-2}] (learned SOS vector 'sos'; the last token
-          is dropped so N stays fixed; rotary SOS position = (0, 0), no additive position on SOS).
+        prepend_sos: the sequence becomes [SOS, x_0, .., x_{N-2}] (the last token is dropped so N stays
+          fixed; rotary SOS position = (0, 0), no additive position on SOS). Needs sos_token, which creates
+          the learned SOS vector 'sos' [D] whether or not this call prepends it (same params either way).
         Returns (x [B,N,D] final-LN output, intermediates) with intermediates 'embed' (after patch + position
         embedding), 'block_0'..'block_{L-1}' (block outputs, pre final LN) and 'encoded' (= x), all [B,N,D].
         """
@@ -117,8 +119,11 @@ class ViT(nn.Module):
         elif self.posemb == "rope_2d":
             angles = posemb.rope_angles_2d(coords, head_dim, self.rope_base)
 
-        if prepend_sos:
+        if prepend_sos and not self.sos_token:
+            raise ValueError("prepend_sos needs a ViT built with sos_token=True")
+        if self.sos_token:
             sos = self.param("sos", nn.initializers.normal(0.02), (self.width,))
+        if prepend_sos:
             sos = jnp.broadcast_to(sos.astype(x.dtype), (x.shape[0], 1, self.width))
             x = jnp.concatenate([sos, x[:, :-1]], axis=1)
             if angles is not None:
@@ -169,4 +174,5 @@ def make_backbone(model_cfg) -> ViT:
         rope_base=float(cfg.rope_base),
         learned_posemb_max_side=cfg.learned_posemb_max_side,
         attention_impl=cfg.attention_impl or None,
+        sos_token=bool(cfg.sos_token),
     )
