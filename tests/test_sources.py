@@ -1,5 +1,8 @@
 import io
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +132,7 @@ def _build_tiny_tfds(data_dir):
         def _info(self):
             features = {
                 "image": tfds.features.Image(shape=(None, None, 3)),
-                "label": tfds.features.ClassLabel(num_classes=3),
+                "label": tfds.features.ClassLabel(names=["cat", "dog", "fox"]),
             }
             return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
 
@@ -155,6 +158,12 @@ def test_tfds_source_reads_a_locally_built_dataset(tmp_path):
     np.testing.assert_allclose(np.sort(ratios), [(30 + 10 * i) / 40 for i in range(5)], rtol=1e-6)
     train = make_train_iterator(cfg, patch_size=7, global_batch_size=4, seed=0)
     assert next(train)["patches"].shape == (4, 16, 147)
+    out = tmp_path / "ar"  # prepare_data converts a TFDS split too
+    counts = write_arrayrecord("tfds:naraim_tiny_images", ["validation"], str(out), data_cfg=cfg)
+    assert counts == {"validation": 5}
+    src = open_source(_cfg(f"arrayrecord:{out}/{{split}}-*.array_record"), "validation")
+    assert src.num_classes == 3 and sorted(src[i][1] for i in range(5)) == [0, 0, 1, 1, 2]
+    assert json.loads((out / "dataset.json").read_text())["classes"] == ["cat", "dog", "fox"]
     with pytest.raises(UserError, match="not prepared"):
         open_source(_cfg("tfds:naraim_no_such_dataset", tfds_data_dir=str(tmp_path)), "train")
 
@@ -188,3 +197,18 @@ def test_prepare_data_writes_pre_resized_shards_the_pipeline_reads(tmp_path):
     assert sum(int(b["valid"].sum()) for b in batches) == 6
     with pytest.raises(UserError, match="no ArrayRecord files"):
         open_source(_cfg(f"arrayrecord:{tmp_path}/none-*.array_record"), "train")
+
+
+def test_prepare_data_script_reports_a_missing_folder_in_one_line(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_data.py"
+    args = [
+        sys.executable,
+        str(script),
+        "--source",
+        f"folder:{tmp_path / 'missing'}",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error: image folder") and "\n" not in proc.stderr.strip()

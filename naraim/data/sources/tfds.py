@@ -31,7 +31,8 @@ class TfdsSource:
             ) from None
         features = self._ds.dataset_info.features
         self._has_label = "label" in features
-        self.num_classes = int(features["label"].num_classes) if self._has_label else 0
+        self.classes = list(features["label"].names) if self._has_label else []
+        self.num_classes = len(self.classes)
 
     def __repr__(self) -> str:
         return f"TFDS dataset {self.name!r} (split {self.split!r})"
