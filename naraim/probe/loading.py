@@ -38,12 +38,10 @@ def check_backbone_params(params: dict, backbone: ViT, inputs: dict, source: str
 
 def load_pretrained(init_from: str) -> tuple[dict, ConfigDict, int]:
     """(backbone params (numpy), the pre-training run's config, its step) from a pre-training workdir (newest
-    checkpoint) or one WORKDIR/checkpoints/<step> folder. The pre-training head and optimizer are not kept,
-    nor DARL's start-of-sequence vector 'sos' (downstream the backbone reads the image patches only)."""
+    checkpoint) or one WORKDIR/checkpoints/<step> folder. The pre-training head and optimizer are not kept."""
     if not init_from:
         raise UserError("init_from is not set: pass --config.init_from=PRETRAIN_WORKDIR (or a step dir)")
     params, cfg, step = restore_params(init_from)
     if "backbone" not in params:
         raise UserError(f"the checkpoint at {init_from} has no 'backbone' params; pass a pre-training run")
-    backbone = {k: v for k, v in params["backbone"].items() if k != "sos"}
-    return backbone, cfg, step
+    return params["backbone"], cfg, step
