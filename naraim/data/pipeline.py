@@ -7,10 +7,12 @@ mid-epoch with identical batches. Evaluation visits each example once and pads t
 examples whose 'valid' is False.
 """
 
+import atexit
 import dataclasses
 import functools
 import logging
 import math
+import weakref
 
 import grain.python as grain
 import ml_collections
@@ -188,7 +190,11 @@ def make_train_iterator(
         raise UserError(f"the training split has fewer examples than the {process_count} processes; add data")
     ds = shard.shuffle(seed=int(seed) % 2**32) if data_cfg.shuffle else shard
     ds = ds.repeat(None).map_with_index(functools.partial(loader.train_example, len(shard)))
-    return iter(_to_batches(ds, data_cfg, batch))
+    iterator = iter(_to_batches(ds, data_cfg, batch))
+    if int(data_cfg.num_workers) > 0:  # stop the worker processes before interpreter teardown
+        ref = weakref.ref(iterator)
+        atexit.register(lambda: ref() is not None and ref().close())
+    return iterator
 
 
 def make_eval_iterator(
