@@ -120,3 +120,12 @@ def test_horizontal_flip():
 def test_make_transform_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown transform"):
         T.make_transform("blur", image_size=S, patch_size=P, max_tokens=N)
+
+
+def test_native_resize_then_fit_to_a_smaller_budget_keeps_the_whole_image():
+    img = _img(640, 480)
+    names = ["native_aspect_ratio_resize", "fit_to_token_budget"]
+    ts = [T.make_transform(n, image_size=S, patch_size=P, max_tokens=48) for n in names]
+    out = T.apply_transforms(img, _rng(), ts)
+    cols, rows = out.size[0] // P, out.size[1] // P
+    assert (rows, cols) == (6, 8)  # 4:3 with 48 patches, nothing cropped away

@@ -48,14 +48,20 @@ def _grid_box(h: int, w: int, rows: int, cols: int, scale: float, patch_size: in
 def native_aspect_ratio_resize(
     image: Image.Image, rng: np.random.Generator, *, image_size: int, patch_size: int, max_tokens: int
 ) -> Image.Image:
-    """About image_size**2 pixels, same width/height, centrally cropped to multiples of patch_size."""
+    """About image_size**2 pixels, same width/height, centrally cropped to multiples of patch_size.
+
+    An image so elongated that its shorter side would fall below one patch gets one patch across, and the
+    central part of its longer side that fits max_tokens patches.
+    """
     del rng
     w, h = image.size
     scale = image_size / math.sqrt(h * w)
-    scale = max(scale, patch_size / min(h, w))  # at least one patch along the shorter side
+    clamped = scale < patch_size / min(h, w)
+    if clamped:
+        scale = patch_size / min(h, w)
     rows = max(1, round(h * scale) // patch_size)
     cols = max(1, round(w * scale) // patch_size)
-    if rows * cols > max_tokens:  # extreme aspect ratios: keep the central part of the long side
+    if clamped and rows * cols > max_tokens:
         if rows >= cols:
             rows = max(1, max_tokens // cols)
         else:
