@@ -13,6 +13,7 @@ from naraim.data.config import default_data_config, validate_data_config
 from naraim.errors import UserError
 from naraim.model.config import resolve_model_config, validate_model_config
 from naraim.model.sizes import get_size
+from naraim.probe.bins import check_edges
 
 PROTOCOLS = ("attentive", "finetune", "linear")
 ATTENTIONS = ("bidirectional", "causal")
@@ -79,6 +80,7 @@ def validate(cfg: ConfigDict, num_devices: int | None = None) -> None:
     """Raises UserError for the first bad value of a resolved probe config. num_devices defaults to
     jax.device_count()."""
     _choice("protocol", cfg.protocol, PROTOCOLS)
+    check_edges(edges_from_config(cfg.aspect_ratio_bins))
     _choice("attention", cfg.attention, ATTENTIONS)
     _choice("train_transforms", cfg.train_transforms, TRAIN_TRANSFORMS)
     _choice("probe.cache_features", cfg.probe.cache_features, CACHE_MODES)

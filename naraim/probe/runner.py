@@ -19,7 +19,6 @@ from naraim.errors import UserError
 from naraim.model.sizes import get_size
 from naraim.probe import config as probe_config
 from naraim.probe.accuracy import Accumulator, local_rows
-from naraim.probe.bins import check_edges
 from naraim.probe.cache import cache_batches, compute_cache
 from naraim.probe.classifier import Classifier, make_classifier
 from naraim.probe.layer_decay import layer_scales, scale_by_layer
@@ -92,40 +91,42 @@ def evaluate(cfg: ConfigDict, eval_step, state: dict, frozen, mesh, edges) -> di
     return summarize(*acc.arrays(), edges)
 
 
-def run_probe(cfg: ConfigDict, workdir: str) -> dict:
-    """Runs the probe described by `cfg` (configs/probe.py) into `workdir`; returns the results dict."""
-    cfg, clf, backbone_np, classes = prepare(cfg)
-    edges = check_edges(probe_config.edges_from_config(cfg.aspect_ratio_bins))
-    write_config(workdir, cfg)
-    mesh = make_mesh()
-    backbone_params = jax.device_put(backbone_np, replicated(mesh))
-    frozen = backbone_params if clf.frozen else None
-    patch = get_size(cfg.model.variant)["patch"]
-    logger = MetricsLogger(workdir, cfg)
-    eval_split = "test" if (cfg.eval.split or cfg.data.val_split) == "test" else "val"
-
-    cached = use_cache(cfg)
-    if cached:
-        start = time.time()
-        train_data = cfg.data.copy_and_resolve_references()
-        train_data.eval_transforms = train_data.transforms
-        features_fn = jax.jit(clf.features)
-        cache = compute_cache(
-            features_fn, backbone_params, _eval_iterator(cfg, cfg.data.train_split, None, train_data), mesh
-        )
-        logger.write(
-            0, "train", {"cache_examples": len(cache["label"]), "cache_seconds": time.time() - start}
-        )
-        batches = cache_batches(cache, cfg.batch_size // jax.process_count(), cfg.seed)
-    else:
-        batches = make_train_iterator(
+def _train_batches(cfg: ConfigDict, clf: Classifier, backbone_params: dict, mesh, logger, cached: bool):
+    """Endless per-process training batches: of the feature cache (computed here, its size and time logged
+    at step 0) when `cached`, else of the data pipeline's training iterator."""
+    if not cached:
+        return make_train_iterator(
             cfg.data,
-            patch_size=patch,
+            patch_size=get_size(cfg.model.variant)["patch"],
             global_batch_size=cfg.batch_size,
             seed=cfg.seed,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
+    start = time.time()
+    train_data = cfg.data.copy_and_resolve_references()
+    train_data.eval_transforms = (
+        train_data.transforms
+    )  # each training image once, with the training transforms
+    examples = _eval_iterator(cfg, cfg.data.train_split, None, train_data)
+    cache = compute_cache(jax.jit(clf.features), backbone_params, examples, mesh)
+    logger.write(0, "train", {"cache_examples": len(cache["label"]), "cache_seconds": time.time() - start})
+    return cache_batches(cache, cfg.batch_size // jax.process_count(), cfg.seed)
+
+
+def run_probe(cfg: ConfigDict, workdir: str) -> dict:
+    """Runs the probe described by `cfg` (configs/probe.py) into `workdir`; returns the results dict."""
+    cfg, clf, backbone_np, classes = prepare(cfg)
+    edges = probe_config.edges_from_config(cfg.aspect_ratio_bins)
+    write_config(workdir, cfg)
+    mesh = make_mesh()
+    backbone_params = jax.device_put(backbone_np, replicated(mesh))
+    frozen = backbone_params if clf.frozen else None
+    logger = MetricsLogger(workdir, cfg)
+    eval_split = "test" if (cfg.eval.split or cfg.data.val_split) == "test" else "val"
+
+    cached = use_cache(cfg)
+    batches = _train_batches(cfg, clf, backbone_params, mesh, logger, cached)
     params, batch_stats = init_params(clf, backbone_params, dummy_batch(cfg, 1), cfg.seed)
     optimizer, schedule = make_probe_optimizer(cfg, clf, params)
     state = jax.device_put(init_state(params, batch_stats, optimizer, cfg.seed), replicated(mesh))
