@@ -129,3 +129,21 @@ def test_native_resize_then_fit_to_a_smaller_budget_keeps_the_whole_image():
     out = T.apply_transforms(img, _rng(), ts)
     cols, rows = out.size[0] // P, out.size[1] // P
     assert (rows, cols) == (6, 8)  # 4:3 with 48 patches, nothing cropped away
+
+
+@pytest.mark.parametrize("s, p", [(64, 8), (224, 14), (96, 16)])
+def test_native_aspect_ratio_resize_never_exceeds_the_full_grid(s, p):
+    known = [
+        (1, 17),
+        (5, 85),
+        (17, 1),
+        (1, 29),
+        (2, 58),
+        (58, 2),
+        (130, 2),
+    ]  # rounding up both sides overflowed
+    for w, h in [*known, *np.random.default_rng(s).integers(1, 700, (100, 2))]:
+        out = T.native_aspect_ratio_resize(
+            _img(int(w), int(h)), _rng(), image_size=s, patch_size=p, max_tokens=(s // p) ** 2
+        )
+        assert (out.size[0] // p) * (out.size[1] // p) <= (s // p) ** 2

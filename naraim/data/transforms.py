@@ -59,8 +59,8 @@ def native_aspect_ratio_resize(
     clamped = scale < patch_size / min(h, w)
     if clamped:
         scale = patch_size / min(h, w)
-    rows = max(1, round(h * scale) // patch_size)
-    cols = max(1, round(w * scale) // patch_size)
+    rows = max(1, math.floor(h * scale / patch_size + 1e-6))  # floor: rows * cols <= (S / P)**2
+    cols = max(1, math.floor(w * scale / patch_size + 1e-6))
     if clamped and rows * cols > max_tokens:
         if rows >= cols:
             rows = max(1, max_tokens // cols)
