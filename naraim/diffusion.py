@@ -164,18 +164,16 @@ def denoising_error(
     rng: jax.Array,
     loss_cfg: Mapping[str, Any],
     **kwargs: Any,
-) -> tuple[jax.Array, jax.Array]:
+) -> jax.Array:
     """The diffusion objective per patch: float32 [B,N] mean-over-subpixels squared error of the decoder
-    output against x_0 (or eps) for targets corrupted with per-patch g ~ Beta(a, b), and the decoder's
-    x_0 estimate [B,N,D] (target units). kwargs go to model.apply (attention, prefix_length)."""
+    output against x_0 (or eps) for targets corrupted with per-patch g ~ Beta(a, b).
+    kwargs go to model.apply (attention, prefix_length)."""
     from naraim.train.loss import patch_targets
 
     targets = patch_targets(inputs["patches"], loss_cfg["norm_pix"])
     extra, regression_target = corrupt_targets(rng, targets, loss_cfg["diffusion"])
     pred = model.apply({"params": params}, inputs, head_inputs=extra, **kwargs)["pred"]
-    err = jnp.mean(jnp.square(pred - regression_target), axis=-1)
-    gamma = extra["gamma"] if extra["gamma"] is not None else jnp.zeros(targets.shape[:-1])
-    return err, predicted_x0(pred, extra["noisy"], gamma, loss_cfg["diffusion"]["predict"])
+    return jnp.mean(jnp.square(pred - regression_target), axis=-1)
 
 
 def pure_noise_prediction(
@@ -187,7 +185,8 @@ def pure_noise_prediction(
     **kwargs: Any,
 ) -> jax.Array:
     """The decoder's x_0 estimate [B,N,D] from pure noise (g = 0), i.e. from the context alone: what
-    evaluation plots as the diffusion model's next-patch prediction."""
+    evaluation plots as the diffusion model's next-patch prediction. Meaningful for predict='x0'; an eps
+    prediction is turned into x_0 with g clamped at MIN_GAMMA_FOR_EPS, which amplifies its error."""
     shape = inputs["patches"].shape
     eps = jax.random.normal(rng, shape, jnp.float32)
     gamma = jnp.zeros(shape[:-1], jnp.float32)

@@ -81,7 +81,7 @@ def test_denoising_objective_composes_with_posembs_and_attention(posemb, attenti
 
     def loss(p):
         rng = jax.random.key(1)
-        err, _ = diffusion.denoising_error(model, p, inputs, rng, loss_cfg, prefix_length=prefix)
+        err = diffusion.denoising_error(model, p, inputs, rng, loss_cfg, prefix_length=prefix)
         return err.mean()
 
     value, grads = jax.eval_shape(jax.value_and_grad(loss), params)

@@ -50,7 +50,7 @@ def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_shardin
             # DARL: the denoising objective under fixed noise; the plotted prediction is the x_0 estimate from
             # pure noise (the context alone).
             rng, kw = jax.random.PRNGKey(0), {"attention": "causal"}
-            err, _ = diffusion.denoising_error(model, params, inputs, rng, cfg.loss, **kw)
+            err = diffusion.denoising_error(model, params, inputs, rng, cfg.loss, **kw)
             pred = diffusion.pure_noise_prediction(model, params, inputs, rng, cfg.loss, **kw)
         else:
             pred = model.apply({"params": params}, inputs, attention="causal")["pred"]

@@ -93,7 +93,7 @@ def make_train_step(
 
     def summed_error(params, inputs, prefix, weights, noise_rng):
         if cfg.loss.objective == "diffusion":  # DARL: denoise per-patch corrupted targets
-            err, _ = diffusion.denoising_error(
+            err = diffusion.denoising_error(
                 model, params, inputs, noise_rng, cfg.loss, prefix_length=prefix
             )
             return jnp.sum(err * weights)
