@@ -164,6 +164,8 @@ def generate_from_run(
 
     if num_images < 1:
         raise UserError(f"num_images={num_images} must be at least 1")
+    prefix_lengths(np.ones(1), prefix_fraction)  # checks the fraction before any loading
+    diffusion.sampling_signal_levels(num_steps)  # checks the step count
     params, cfg, step = restore_params(init_from)
     patch = patch_size(cfg.model.variant)
     iterator = make_eval_iterator(
