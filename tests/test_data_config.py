@@ -27,6 +27,7 @@ def test_defaults_are_valid():
         ({"max_tokens": 100}, 14, "raise data.max_tokens"),
         ({"source": "folder:/nonexistent/images"}, 14, "does not exist"),
         ({"source": "imagenet"}, 14, "is not one of"),
+        ({"source": "arrayrecord:/nonexistent/{split}-*.array_record"}, 14, "no ArrayRecord files"),
         ({"ordering": "spiral"}, 14, "not an ordering"),
         ({"crop_scale": (0.5, 0.2)}, 14, "crop_scale"),
     ],
@@ -49,3 +50,10 @@ def test_synthetic_sides_default_to_the_image_size():
     cfg = _cfg()
     cfg.synthetic.min_side, cfg.synthetic.max_side = 10, 20
     assert synthetic_sides(cfg) == (10, 20)
+
+
+def test_too_many_synthetic_classes():
+    cfg = _cfg()
+    cfg.synthetic.num_classes = 11
+    with pytest.raises(UserError, match="num_classes=11"):
+        validate_data_config(cfg, 14)

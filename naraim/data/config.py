@@ -1,10 +1,11 @@
 """The `data.*` section of a config: defaults and validation."""
 
+import glob
 import os
 
 import ml_collections
 
-from naraim.data import orderings
+from naraim.data import orderings, synthetic
 from naraim.errors import UserError
 
 TRANSFORM_NAMES = (
@@ -133,4 +134,13 @@ def validate_data_config(cfg: ml_collections.ConfigDict, patch_size: int) -> Non
     kind, arg = source_kind(cfg.source)
     if kind == "folder" and not os.path.isdir(arg):
         raise UserError(f"image folder {arg!r} (data.source) does not exist; fix the path in data.source")
+    if kind == "arrayrecord" and not glob.glob(arg.replace("{split}", cfg.train_split)):
+        raise UserError(
+            f"no ArrayRecord files match {arg!r} (data.source); run scripts/prepare_data.py or fix it"
+        )
+    if kind == "synthetic" and int(syn.num_classes) > len(synthetic.CLASS_NAMES):
+        raise UserError(
+            f"data.synthetic.num_classes={syn.num_classes} exceeds the {len(synthetic.CLASS_NAMES)} "
+            "synthetic classes; use at most that many"
+        )
     orderings.parse_ordering(cfg.ordering)

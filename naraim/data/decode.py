@@ -41,8 +41,8 @@ def decode_image(data: bytes, *, patch_size: int = 1, min_area: int = 0) -> Imag
     """Decodes `data` to an RGB image (np.asarray: uint8 [H, W, 3]) with EXIF orientation applied.
 
     patch_size: images with a side below it are upscaled (aspect kept) so both sides are >= patch_size.
-    min_area: pixels the transforms need; a JPEG larger than that is decoded at a reduced scale keeping
-      at least `min_area` pixels (0: full resolution).
+    min_area: pixels the transforms need; a JPEG with more than twice as many is decoded at a reduced DCT
+      scale (1/2, 1/4 or 1/8) that keeps at least `min_area` pixels (0: always full resolution).
     """
     try:
         im = Image.open(io.BytesIO(data))
