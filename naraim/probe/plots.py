@@ -28,7 +28,8 @@ def plot_accuracy_by_bin(
     counts = [b["count"] for b in runs[names[0]]["per_aspect_ratio_bin"]]
     x = np.arange(len(bins))
     width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(bins), 4))
+    rows = -(-len(names) // 3)  # legend rows below the axes, 3 runs per row
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(bins), 3.6 + 0.3 * rows))
     for i, name in enumerate(names):
         acc = [np.nan if b["top1"] is None else 100 * b["top1"] for b in runs[name]["per_aspect_ratio_bin"]]
         bars = ax.bar(
@@ -43,7 +44,7 @@ def plot_accuracy_by_bin(
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=min(len(names), 3), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07 * rows + 0.02, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
