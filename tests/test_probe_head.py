@@ -83,7 +83,8 @@ def test_masked_batchnorm_uses_real_tokens_only():
 
 def test_probe_has_no_qkv_bias_and_one_query():
     head = ProbeHead(num_classes=3, num_heads=2)
-    params = head.init(jax.random.key(0), jnp.ones((1, 4, 8)), jnp.array([4]), train=False)["params"]
+    feats, n = jnp.ones((1, 4, 8)), jnp.array([4])
+    params = jax.eval_shape(lambda f, n: head.init(jax.random.key(0), f, n, False), feats, n)["params"]
     assert set(params) == {"query", "key", "value", "classifier"}
     assert set(params["key"]) == {"kernel"} and set(params["value"]) == {"kernel"}
     assert params["query"].shape == (8,)
