@@ -98,6 +98,11 @@ class ViT(nn.Module):
         Returns (x [B,N,D] final-LN output, intermediates) with intermediates 'embed' (after patch + position
         embedding), 'block_0'..'block_{L-1}' (block outputs, pre final LN) and 'encoded' (= x), all [B,N,D].
         """
+        if patches.shape[-1] != self.patch * self.patch * 3:
+            raise ValueError(
+                f"patches have {patches.shape[-1]} values, a {self.patch}x{self.patch} RGB patch has "
+                f"{self.patch * self.patch * 3}: the data's patch size must match model.variant"
+            )
         mode = attention or self.attention
         num_tokens = patches.shape[1]
         x = nn.Dense(self.width, dtype=self.dtype, name="embed")(normalize_pixels(patches))
