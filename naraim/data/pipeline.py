@@ -77,12 +77,10 @@ class ExampleLoader:
         ex["aspect_ratio"] = np.float32(w / h)
         return ex
 
-    def first_usable(self) -> int:
-        """Index of the first decodable example; UserError if the source has none."""
-        for i in range(len(self.source)):
-            if self.decode(i) is not None:
-                return i
-        raise UserError(f"{self.source!r} holds no usable image; check data.source and the files it names")
+    def require_usable(self) -> None:
+        """Raises UserError unless some example decodes (stops at the first one that does)."""
+        if not any(self.decode(i) is not None for i in range(len(self.source))):
+            raise _no_usable_image(self.source)
 
     def train_example(self, shard_len: int, position: int, index: int) -> dict[str, np.ndarray]:
         """Example at stream `position` (source `index`); a bad image is replaced by the next good one."""
@@ -93,7 +91,7 @@ class ExampleLoader:
             decoded = self.decode((index + k) % n)
             if decoded is not None:
                 return self.tokens(*decoded, rng)
-        raise UserError(f"{self.source!r} holds no usable image; check data.source and the files it names")
+        raise _no_usable_image(self.source)
 
     def eval_example(self, index: int, valid: bool) -> dict[str, np.ndarray]:
         """Example `index` with 'valid'; padding and unusable images give an empty example, valid False."""
@@ -103,6 +101,10 @@ class ExampleLoader:
         ex = self.tokens(*decoded, np.random.default_rng([self.seed, 0, index]))
         ex["valid"] = np.bool_(True)
         return ex
+
+
+def _no_usable_image(source: Source) -> UserError:
+    return UserError(f"{source!r} holds no usable image; check data.source and the files it names")
 
 
 def _empty_example(patch_size: int, max_tokens: int) -> dict[str, np.ndarray]:
@@ -184,7 +186,7 @@ def make_train_iterator(
     validate_data_config(data_cfg, patch_size)
     batch = _per_process_batch(global_batch_size, process_count)
     loader = _loader(data_cfg, data_cfg.train_split, data_cfg.transforms, patch_size, seed)
-    loader.first_usable()
+    loader.require_usable()
     shard = grain.MapDataset.range(len(loader.source))[process_index::process_count]
     if len(shard) == 0:
         raise UserError(f"the training split has fewer examples than the {process_count} processes; add data")
@@ -213,7 +215,7 @@ def make_eval_iterator(
     validate_data_config(data_cfg, patch_size)
     batch = _per_process_batch(global_batch_size, process_count)
     loader = _loader(data_cfg, split, data_cfg.eval_transforms, patch_size, 0)
-    loader.first_usable()
+    loader.require_usable()
     n = len(loader.source) if max_examples is None else min(len(loader.source), int(max_examples))
     num_batches = math.ceil(n / global_batch_size)
 
