@@ -8,6 +8,8 @@ Example = tuple[bytes | np.ndarray, int, str]  # (encoded bytes or RGB uint8 [H,
 
 
 class Source(Protocol):
+    """Random access to a split's examples; repr names the source in error messages."""
+
     num_classes: int
 
     def __len__(self) -> int: ...

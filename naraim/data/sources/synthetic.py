@@ -22,6 +22,9 @@ class SyntheticSource:
         self.min_side, self.max_side = min_side, max_side
         self._size = int(sizes[split])
 
+    def __repr__(self) -> str:
+        return f"synthetic data (split {self.split!r})"
+
     def __len__(self) -> int:
         return self._size
 
