@@ -117,6 +117,7 @@ def test_eval_visits_each_example_exactly_once(processes):
         for p in range(processes)
     ]
     assert len({len(r) for r in runs}) == 1 and len(runs[0]) == 3  # ceil(10 / 4) batches on every process
+    assert len(make_eval_iterator(cfg, split="validation", patch_size=P, global_batch_size=4)) == 3
     seen = [e for r in runs for b in r for e, v in zip(_ids(b), b["valid"], strict=True) if v]
     reference = [
         e
@@ -151,3 +152,15 @@ def test_ordering_permutes_patches_with_their_coordinates():
 def test_batch_not_divisible_by_processes_is_a_user_error():
     with pytest.raises(UserError, match="not a positive multiple"):
         _train(_cfg(), batch=5, process_index=0, process_count=2)
+
+
+def test_eval_with_worker_processes_gives_the_same_full_batches():
+    cfg = _cfg()
+    cfg.synthetic.validation_size = 11
+    reference = list(make_eval_iterator(cfg, split="validation", patch_size=P, global_batch_size=4))
+    cfg.num_workers = 2
+    batches = make_eval_iterator(cfg, split="validation", patch_size=P, global_batch_size=4)
+    for _ in range(2):  # re-iterable
+        got = list(batches)
+        assert len(got) == len(reference) == len(batches) == 3
+        assert all(b["patches"].shape[0] == 4 and _same(b, r) for b, r in zip(got, reference, strict=True))

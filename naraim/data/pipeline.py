@@ -5,6 +5,10 @@ Per example: source[i] -> decode (bad files skipped with a warning) -> transform
 by process, repeats forever and batches per process; its iterator's get_state()/set_state() resume
 mid-epoch with identical batches. Evaluation visits each example once and pads the last batch with
 examples whose 'valid' is False.
+
+With `data.num_workers` > 0, each worker process assembles whole training batches from every
+num_workers-th example of the stream (cheapest: one transfer per batch), so the batches depend on the
+number of workers (deterministically); resume with the same number. Evaluation batches do not.
 """
 
 import atexit
@@ -13,6 +17,7 @@ import functools
 import logging
 import math
 import weakref
+from collections.abc import Iterator
 
 import grain.python as grain
 import ml_collections
@@ -155,10 +160,16 @@ def _per_process_batch(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
-def _to_batches(ds: grain.MapDataset, data_cfg: ml_collections.ConfigDict, batch: int) -> grain.IterDataset:
+def _in_parallel(
+    ds: grain.MapDataset, data_cfg: ml_collections.ConfigDict, batch: int | None
+) -> grain.IterDataset:
+    """Elements of `ds` read by `data.read_threads` threads (batched by `batch` unless None) and, with
+    `data.num_workers` > 0, by worker processes that each take every num_workers-th element."""
     threads = max(1, int(data_cfg.read_threads))
-    read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(batch, 2 * threads))
-    it = ds.to_iter_dataset(read).batch(batch, drop_remainder=False)
+    read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(batch or 1, 2 * threads))
+    it = ds.to_iter_dataset(read)
+    if batch is not None:
+        it = it.batch(batch, drop_remainder=True)
     if int(data_cfg.num_workers) > 0:
         if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags (defaults are fine)
             flags.FLAGS.mark_as_parsed()
@@ -192,11 +203,28 @@ def make_train_iterator(
         raise UserError(f"the training split has fewer examples than the {process_count} processes; add data")
     ds = shard.shuffle(seed=int(seed) % 2**32) if data_cfg.shuffle else shard
     ds = ds.repeat(None).map_with_index(functools.partial(loader.train_example, len(shard)))
-    iterator = iter(_to_batches(ds, data_cfg, batch))
+    iterator = iter(_in_parallel(ds, data_cfg, batch))
     if int(data_cfg.num_workers) > 0:  # stop the worker processes before interpreter teardown
         ref = weakref.ref(iterator)
         atexit.register(lambda: ref() is not None and ref().close())
     return iterator
+
+
+class EvalBatches:
+    """Re-iterable evaluation batches: each pass starts afresh and stops its worker processes at its end."""
+
+    def __init__(self, ds: grain.IterDataset, num_batches: int):
+        self._ds, self._num_batches = ds, num_batches
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        it = iter(self._ds)
+        try:
+            yield from it
+        finally:
+            it.close()
 
 
 def make_eval_iterator(
@@ -208,7 +236,7 @@ def make_eval_iterator(
     max_examples: int | None = None,
     process_index: int = 0,
     process_count: int = 1,
-) -> grain.IterDataset:
+) -> EvalBatches:
     """Re-iterable evaluation batches with 'valid' bool [B]: each of the first `max_examples` examples of
     `split` appears exactly once over all processes; padding (and unusable images) have valid False.
     Every process yields the same number of batches."""
@@ -219,17 +247,20 @@ def make_eval_iterator(
     n = len(loader.source) if max_examples is None else min(len(loader.source), int(max_examples))
     num_batches = math.ceil(n / global_batch_size)
 
-    ds = grain.MapDataset.range(num_batches * batch).map(
-        functools.partial(_eval_at, loader, n, batch, global_batch_size, process_index)
+    # One element per batch, so that worker processes only ever produce whole batches, in order.
+    ds = grain.MapDataset.range(num_batches).map(
+        functools.partial(_eval_batch, loader, n, batch, global_batch_size, process_index)
     )
-    return _to_batches(ds, data_cfg, batch)
+    return EvalBatches(_in_parallel(ds, data_cfg, None), num_batches)
 
 
-def _eval_at(
+def _eval_batch(
     loader: ExampleLoader, n: int, batch: int, global_batch: int, process_index: int, k: int
-) -> dict:
-    g = (k // batch) * global_batch + process_index * batch + k % batch
-    return loader.eval_example(min(g, n - 1), g < n)
+) -> dict[str, np.ndarray]:
+    """Batch k of this process: global examples k*global_batch + process_index*batch + [0, batch)."""
+    first = k * global_batch + process_index * batch
+    examples = [loader.eval_example(min(g, n - 1), g < n) for g in range(first, first + batch)]
+    return {key: np.stack([ex[key] for ex in examples]) for key in examples[0]}
 
 
 def num_classes(data_cfg: ml_collections.ConfigDict) -> int:
