@@ -1,8 +1,10 @@
 """Shared by the probe tests: a tiny pre-training workdir made by the trainer's own code; config loading."""
 
+import atexit
 import functools
 import importlib.util
 import os
+import shutil
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,7 +40,9 @@ def pretrain_workdir(variant: str = "naraim") -> str:
     cfg.data.max_tokens = 16
     cfg.data.synthetic.train_size = 48
     cfg.data.synthetic.validation_size = 24
-    workdir = os.path.join(tempfile.mkdtemp(prefix="naraim_probe_test_"), variant)
+    root = tempfile.mkdtemp(prefix="naraim_probe_test_")
+    atexit.register(shutil.rmtree, root, True)
+    workdir = os.path.join(root, variant)
     train(cfg, workdir)
     return workdir
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from probe_helpers import ROOT, pretrain_workdir, tiny_probe_config
+from probe_helpers import ROOT, load_config, pretrain_workdir, tiny_probe_config
 
 from naraim.data.pipeline import make_eval_iterator
 from naraim.errors import UserError
@@ -97,6 +97,21 @@ def test_bad_probe_settings_are_user_errors(workdir, key, value, message):
     (cfg[section] if section else cfg)[name] = value
     with pytest.raises(UserError, match=message):
         prepare(cfg)
+
+
+@pytest.mark.parametrize("variants", ["", "demo", "finetune", "linear", "demo,finetune", "demo,linear"])
+def test_shipped_probe_variants_resolve_against_a_pretraining_run(workdir, variants):
+    cfg = load_config("probe", variants)
+    cfg.init_from = workdir
+    resolved, clf, _, _ = prepare(cfg)
+    assert resolved.protocol == ({"finetune", "linear"} & set(variants.split(",")) or {"attentive"}).pop()
+    assert clf.frozen == (resolved.protocol != "finetune")
+    assert resolved.data.max_tokens == 16  # inherited from the pre-training run
+
+
+def test_unknown_variant_is_a_user_error():
+    with pytest.raises(UserError, match="unknown config variant"):
+        load_config("probe", "demo,bogus")
 
 
 def _setup(workdir, variants="", **overrides):
