@@ -38,8 +38,12 @@ def test_topk_correct():
 
 def test_accumulator_drops_padding_examples_and_summary_counts_per_bin():
     acc = Accumulator()
-    acc.add(np.array([1, 0, 1, 1], bool), np.array([1, 1, 1, 1], bool), np.array([0.4, 1.0, 1.0, 3.0]),
-            np.array([1, 1, 1, 0], bool))
+    acc.add(
+        np.array([1, 0, 1, 1], bool),
+        np.array([1, 1, 1, 1], bool),
+        np.array([0.4, 1.0, 1.0, 3.0]),
+        np.array([1, 1, 1, 0], bool),
+    )
     acc.add(np.array([0, 1], bool), np.array([0, 1], bool), np.array([2.5, 1.2]), np.array([1, 1], bool))
     res = summarize(*acc.arrays(), DEFAULT_EDGES)
     assert res["num_examples"] == 5

@@ -42,14 +42,14 @@ def test_script_prints_table_and_draws_chart(tmp_path):
     a = _run(tmp_path, "a", [1, 0], [0.5, 2.0])
     b = _run(tmp_path, "b", [1, 1], [0.5, 2.0])
     png = tmp_path / "cmp.png"
-    out = subprocess.run([sys.executable, SCRIPT, a, b, "--plot", str(png)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, SCRIPT, a, b, "--plot", str(png)], capture_output=True, text=True, check=True
+    ).stdout
     assert "top-1 (%)" in out and "50.0" in out and "100.0" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_script_missing_run_exits_with_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, SCRIPT, str(tmp_path / "nope")],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, SCRIPT, str(tmp_path / "nope")], capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "results.json" in proc.stderr

@@ -14,13 +14,13 @@ from naraim.errors import UserError
 from naraim.model.config import resolve_model_config, validate_model_config
 from naraim.model.sizes import get_size
 from naraim.probe.bins import check_edges
+from naraim.probe.heads import DESCRIPTORS
+from naraim.train.config import WANDB_MODES
 
 PROTOCOLS = ("attentive", "finetune", "linear")
 ATTENTIONS = ("bidirectional", "causal")
 CACHE_MODES = ("auto", "always", "never")
 TRAIN_TRANSFORMS = ("pretraining", "eval")
-DESCRIPTORS = ("last", "mean", "probe")
-WANDB_MODES = ("disabled", "offline", "online")
 # Data transforms that draw from the rng; a pipeline without them yields the same example every epoch.
 RANDOM_TRANSFORMS = ("random_crop_native", "random_resized_crop", "horizontal_flip")
 
