@@ -110,6 +110,8 @@ def _train_batches(cfg: ConfigDict, clf: Classifier, backbone_params: dict, mesh
     )  # each training image once, with the training transforms
     examples = _eval_iterator(cfg, cfg.data.train_split, None, train_data)
     cache = compute_cache(jax.jit(clf.features), backbone_params, examples, mesh)
+    if not len(cache["label"]):
+        raise UserError(f"data.train_split={cfg.data.train_split!r} has no usable images: check data.source")
     logger.write(0, "train", {"cache_examples": len(cache["label"]), "cache_seconds": time.time() - start})
     return cache_batches(cache, cfg.batch_size // jax.process_count(), cfg.seed)
 
