@@ -1,6 +1,5 @@
 """Square-image AIM baseline at ViT-B/14 (NARAIM Table 1's AIM row): RandomResizedCrop to 224x224 for
-training,
-shorter side to 256 then the central 224x224 for evaluation, 256 tokens, otherwise as
+training, shorter side to 256 then the central 224x224 for evaluation, 256 tokens; otherwise as
 configs/naraim_b14.py."""
 
 from naraim.train.config import apply_variant, default_pretrain_config

@@ -1,9 +1,8 @@
 """Orbax checkpoints of the train state and the data-iterator state; `restore_params` for downstream use.
 
 Layout: WORKDIR/config.json (resolved config) and WORKDIR/checkpoints/<step>/{state,data}. Orbax writes
-each step
-into a temporary directory and renames it when complete, so a save cut off at any moment is never listed or
-restored.
+each step into a temporary directory and renames it when complete, so a save cut off at any moment is
+never listed or restored.
 """
 
 import base64
@@ -52,9 +51,8 @@ class Checkpointer:
     """Saves/restores {'state': train-state pytree, 'data': per-process iterator states} under
     WORKDIR/checkpoints.
 
-    keep: the last `keep` checkpoints are kept, plus every step divisible by `keep_every` (0 = none). Saves
-    are
-    asynchronous; `wait()` blocks until the last one is committed.
+    keep: the last `keep` checkpoints are kept, plus every step divisible by `keep_every` (0 = none).
+    Saves are asynchronous; `wait()` blocks until the last one is committed.
     """
 
     def __init__(self, workdir: str, keep: int = 3, keep_every: int = 0, async_save: bool = True):
@@ -149,8 +147,7 @@ def _locate(path: str) -> tuple[str, int]:
 
 def restore_params(path: str) -> tuple[dict, ConfigDict, int]:
     """Model params {'backbone': ..., 'head': ...} (numpy), the run's config and the step, from a workdir
-    (newest
-    checkpoint) or a WORKDIR/checkpoints/<step> folder. The optimizer state is not read."""
+    (newest checkpoint) or a WORKDIR/checkpoints/<step> folder. The optimizer state is not read."""
     workdir, step = _locate(path)
     cfg = read_config(workdir)
     item_dir = os.path.join(workdir, CHECKPOINT_DIR, str(step), "state")

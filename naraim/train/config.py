@@ -1,5 +1,5 @@
-"""The full pre-training config (model + data + trainer keys) and its validation, run before anything
-heavy."""
+"""The full pre-training config (model + data + trainer keys) and its validation (run before anything
+heavy starts)."""
 
 import jax
 import ml_collections

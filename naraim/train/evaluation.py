@@ -1,9 +1,8 @@
 """Pre-training evaluation on a fixed held-out set: next-patch MSE, per-position error maps, reconstructions.
 
-Evaluation uses causal attention (no random prefix) so numbers are deterministic and comparable across
-recipes.
-Position bins follow NARAIM Appendix E: patch index j of an image with n real patches maps to j/n in [0, 1),
-split into `error_map_bins` bins.
+Evaluation uses causal attention (no random prefix) so numbers are deterministic and comparable
+across recipes. Position bins follow NARAIM Appendix E: patch index j of an image with n real patches
+maps to j/n in [0, 1), split into `error_map_bins` bins.
 """
 
 import os
@@ -27,8 +26,8 @@ from naraim.train.step import MODEL_INPUTS
 
 
 def unnormalize(pred, patches, norm_pix: bool):
-    """Predictions [.., K] back to pixels in [0,1]: with norm_pix, using the target patch's own mean and
-    std."""
+    """Predictions [.., K] back to pixels in [0,1]: with norm_pix, using the target patch's own mean
+    and std."""
     if not norm_pix:
         return (pred + 1.0) / 2.0
     x = patches.astype(jnp.float32) / 255.0
@@ -76,8 +75,7 @@ def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_shardin
 
 class Evaluator:
     """run(params, step) -> {'loss': validation next-patch MSE, 'num_targets'}; writes the PNGs into the
-    workdir
-    (error_by_position_<step>.png, error_grid_<step>.png for fixed square grids,
+    workdir (error_by_position_<step>.png, error_grid_<step>.png for fixed square grids,
     reconstructions_<step>.png)."""
 
     def __init__(self, model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_sharding, workdir: str):

@@ -19,10 +19,9 @@ def _key_name(key) -> str:
 def decays(path: tuple, leaf) -> bool:
     """True for weights that get weight decay: Dense/DenseGeneral kernels outside position embeddings.
 
-    Norm scales and biases are not kernels; the position-embedding layers and tables, the SOS token and the
-    probe
-    query are recognised by name (any path component matching 'pos', 'sos' or 'query'). Works for params
-    stacked
+    Norm scales and biases are not kernels; the position-embedding layers and tables, the SOS token and
+    the probe query are recognised by name (any path component matching 'pos', 'sos' or 'query'). Works
+    for params stacked
     by nn.scan, where biases and scales are not vectors.
     """
     names = [_key_name(k) for k in path]

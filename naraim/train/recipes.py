@@ -9,8 +9,7 @@ from naraim.train.config import default_pretrain_config
 
 def square_aim_data(cfg: ml_collections.ConfigDict) -> None:
     """AIM's square geometry (set model.variant and data.image_size first): RandomResizedCrop to SxS + flip
-    for
-    training; shorter side to S*8/7 then the central SxS for evaluation; a budget of exactly (S/P)^2
+    for training; shorter side to S*8/7 then the central SxS for evaluation; a budget of exactly (S/P)^2
     tokens."""
     cfg.data.transforms = ("random_resized_crop", "horizontal_flip")
     cfg.data.eval_transforms = ("resize_shorter_center_crop",)

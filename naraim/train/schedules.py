@@ -12,8 +12,7 @@ def naraim_schedule(
     multiplied during the last `cooldown_steps` by a linear ramp down to 0 at `total_steps`.
 
     The decay span is total_steps - warmup_steps, so the lr reaches peak_lr * decay_rate at the end (before
-    the
-    cooldown factor).
+    the cooldown factor).
     """
     decay_span = max(total_steps - warmup_steps, 1)
     cooldown_start = total_steps - cooldown_steps

@@ -80,10 +80,9 @@ def make_train_step(
     """Returns step(state, batch) -> (state, metrics), jitted once with the state donated.
 
     batch: the global batch contract arrays sharded along 'data'. The loss is the mean per-patch squared
-    error over
-    all weighted targets of the global batch; with cfg.micro_batches = M the batch is split into M strided
-    micro-batches (each spans every device) whose gradients are summed inside a lax.scan. If the loss or the
-    gradient norm is not finite the state is returned unchanged and metrics['finite'] is False.
+    error over all weighted targets of the global batch; with cfg.micro_batches = M the batch is split into
+    M strided micro-batches (each spans every device) whose gradients are summed inside a lax.scan. If the
+    loss or the gradient norm is not finite the state is returned unchanged and metrics['finite'] is False.
     """
     num_micro = cfg.micro_batches
     norm_pix = cfg.loss.norm_pix
