@@ -73,6 +73,11 @@ def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_shardin
     return jax.jit(eval_step, in_shardings=(params_sharding, None), out_shardings=replicated(mesh))
 
 
+def _mean_or_nan(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Per-entry mean; NaN (left blank in the plots) where nothing was predicted, e.g. the first patch."""
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 class Evaluator:
     """run(params, step) -> {'loss': validation next-patch MSE, 'num_targets'}; writes the PNGs into the
     workdir (error_by_position_<step>.png, error_grid_<step>.png for fixed square grids,
@@ -112,14 +117,14 @@ class Evaluator:
 
     def _plots(self, step: int, totals: dict, first: dict, grids: set) -> list[str]:
         paths = []
-        by_bin = totals["bin_sum"] / np.maximum(totals["bin_count"], 1)
+        by_bin = _mean_or_nan(totals["bin_sum"], totals["bin_count"])
         path = os.path.join(self.workdir, f"error_by_position_{step}.png")
         plots.save_error_by_position(by_bin, path, f"validation error by position, step {step}")
         paths.append(path)
         if len(grids) == 1:
             rows, cols = next(iter(grids))
             if rows * cols <= len(totals["pos_sum"]):
-                by_position = (totals["pos_sum"] / np.maximum(totals["pos_count"], 1))[: rows * cols]
+                by_position = _mean_or_nan(totals["pos_sum"], totals["pos_count"])[: rows * cols]
                 # sequence position -> raster position (DARL orderings permute the patches)
                 perm = orderings.ordering_permutation(self.cfg.data.ordering, rows, cols)
                 grid_err = by_position[orderings.inverse_permutation(perm)].reshape(rows, cols)
