@@ -3,6 +3,7 @@ only."""
 
 import json
 import os
+import uuid
 
 import jax
 import numpy as np
@@ -86,10 +87,12 @@ def _complete_record_upto(line: str, step: int) -> bool:
 def _run_id(workdir: str) -> str:
     """A wandb run id stored in the workdir, so a resumed run continues the same wandb run."""
     path = os.path.join(workdir, "wandb_run_id")
-    if not os.path.exists(path):
-        import wandb
-
-        with open(path, "w") as f:
-            f.write(wandb.util.generate_id())
-    with open(path) as f:
-        return f.read().strip()
+    if os.path.exists(path):
+        with open(path) as f:
+            run_id = f.read().strip()
+        if run_id:
+            return run_id
+    run_id = uuid.uuid4().hex[:12]
+    with open(path, "w") as f:
+        f.write(run_id)
+    return run_id
