@@ -1,0 +1,57 @@
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from naraim.data.pipeline import make_eval_iterator
+from naraim.model.model import make_model
+from naraim.train.evaluation import Evaluator
+from naraim.train.loss import loss_weights, per_patch_error
+from naraim.train.mesh import make_mesh, replicated
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def demo_config(variant: str):
+    spec = importlib.util.spec_from_file_location("demo_eval", os.path.join(ROOT, "configs", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config(variant)
+    cfg.data.image_size, cfg.data.max_tokens = 32, 16
+    cfg.eval.num_examples, cfg.eval.batch_size, cfg.eval.num_images = 12, 8, 3
+    return cfg
+
+
+@pytest.mark.parametrize("variant", ["naraim", "aim"])
+def test_validation_mse_and_plots(tmp_path, variant):
+    cfg = demo_config(variant)
+    model = make_model(cfg.model)
+    mesh = make_mesh()
+    it = make_eval_iterator(
+        cfg.data, split=cfg.data.val_split, patch_size=8, global_batch_size=8, max_examples=12
+    )
+    batches = list(it)
+    params = model.init(jax.random.PRNGKey(0), {k: jnp.asarray(v) for k, v in batches[0].items()})["params"]
+    metrics, paths = Evaluator(model, cfg, mesh, replicated(mesh), str(tmp_path)).run(params, step=7)
+
+    # the same number by hand: causal attention, targets 1..length-1 of the 12 valid images
+    total, count = 0.0, 0.0
+    for b in batches:
+        pred = model.apply({"params": params}, {k: jnp.asarray(v) for k, v in b.items()}, attention="causal")[
+            "pred"
+        ]
+        w = loss_weights(jnp.asarray(b["length"]), 1, 16) * jnp.asarray(b["valid"])[:, None]
+        total += float(jnp.sum(per_patch_error(pred, jnp.asarray(b["patches"]), cfg.loss.norm_pix) * w))
+        count += float(jnp.sum(w))
+    assert metrics["num_targets"] == count > 0
+    assert metrics["loss"] == pytest.approx(total / count, rel=1e-5)
+    names = sorted(os.path.basename(p) for p in paths)
+    expected = ["error_by_position_7.png", "reconstructions_7.png"]
+    if variant == "aim":  # square images share one grid: also the per-patch map
+        expected.insert(1, "error_grid_7.png")
+    assert names == expected
+    assert all(os.path.getsize(p) > 1000 for p in paths)
+    assert np.isfinite(metrics["loss"])
