@@ -7,7 +7,6 @@ never listed or restored.
 
 import base64
 import json
-import logging
 import os
 
 import jax
@@ -16,6 +15,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
+from naraim.absl_quiet import absl_warnings_silenced
 from naraim.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -151,10 +151,7 @@ def restore_params(path: str) -> tuple[dict, ConfigDict, int]:
     workdir, step = _locate(path)
     cfg = read_config(workdir)
     item_dir = os.path.join(workdir, CHECKPOINT_DIR, str(step), "state")
-    absl_logger = logging.getLogger("absl")  # orbax warns that the item folder has no step-level metadata
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    try:
+    with absl_warnings_silenced():  # orbax warns that the item folder has no step-level metadata
         checkpointer = ocp.PyTreeCheckpointer()
         params_meta = checkpointer.metadata(item_dir).item_metadata.tree["params"]
         restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params_meta)
@@ -164,6 +161,4 @@ def restore_params(path: str) -> tuple[dict, ConfigDict, int]:
                 item={"params": params_meta}, restore_args={"params": restore_args}, partial_restore=True
             ),
         )
-    finally:
-        absl_logger.setLevel(level)
     return restored["params"], cfg, step

@@ -4,6 +4,7 @@ Images are read as encoded bytes (TFDS decoding skipped) and decoded by naraim.d
 are 'image' and 'label' (ClassLabel), as in imagenet2012.
 """
 
+from naraim.absl_quiet import absl_warnings_silenced
 from naraim.data.sources.base import Example
 from naraim.errors import UserError
 
@@ -16,13 +17,14 @@ class TfdsSource:
 
         self.name, self.split = name, split
         try:
-            self._ds = tfds.data_source(
-                name,
-                split=split,
-                data_dir=data_dir,
-                download=False,
-                decoders={"image": tfds.decode.SkipDecoding()},
-            )
+            with absl_warnings_silenced():  # TFDS warns before raising for an unprepared dataset
+                self._ds = tfds.data_source(
+                    name,
+                    split=split,
+                    data_dir=data_dir,
+                    download=False,
+                    decoders={"image": tfds.decode.SkipDecoding()},
+                )
         except Exception as e:  # tfds raises several types for a missing or unprepared dataset
             where = data_dir or "the TFDS data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
             raise UserError(
