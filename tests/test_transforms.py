@@ -147,3 +147,23 @@ def test_native_aspect_ratio_resize_never_exceeds_the_full_grid(s, p):
             _img(int(w), int(h)), _rng(), image_size=s, patch_size=p, max_tokens=(s // p) ** 2
         )
         assert (out.size[0] // p) * (out.size[1] // p) <= (s // p) ** 2
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "native_aspect_ratio_resize",
+        "fit_to_token_budget",
+        "random_crop_native",
+        "random_resized_crop",
+        "resize_shorter_center_crop",
+        "horizontal_flip",
+    ],
+)
+def test_random_transforms_are_exactly_those_that_use_the_rng(name):
+    t = T.make_transform(name, image_size=S, patch_size=P, max_tokens=N)
+    image = _img(533, 400)
+    outputs = {np.asarray(t(image, _rng(seed))).tobytes() for seed in range(8)}
+    assert (len(outputs) > 1) == (name in T.RANDOM_TRANSFORMS)
+    assert T.draws_randomness([name], flip_prob=0.5) == (name in T.RANDOM_TRANSFORMS)
+    assert not T.draws_randomness(["native_aspect_ratio_resize", "horizontal_flip"], flip_prob=0.0)

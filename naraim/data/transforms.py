@@ -202,6 +202,17 @@ def make_transform(
     return bound[name]
 
 
+RANDOM_TRANSFORMS = ("random_crop_native", "random_resized_crop", "horizontal_flip")
+
+
+def draws_randomness(names: Sequence[str], flip_prob: float) -> bool:
+    """Whether the transforms `names` draw from the rng (a flip with probability 0 does not)."""
+    random = set(names) & set(RANDOM_TRANSFORMS)
+    if random == {"horizontal_flip"} and float(flip_prob) == 0:
+        return False
+    return bool(random)
+
+
 def apply_transforms(
     image: Image.Image, rng: np.random.Generator, transforms: Sequence[Transform]
 ) -> Image.Image:

@@ -10,6 +10,7 @@ import jax
 from ml_collections import ConfigDict, config_dict
 
 from naraim.data.config import default_data_config, validate_data_config
+from naraim.data.transforms import draws_randomness
 from naraim.errors import UserError
 from naraim.model.config import resolve_model_config, validate_model_config
 from naraim.model.sizes import get_size
@@ -22,7 +23,6 @@ ATTENTIONS = ("bidirectional", "causal")
 CACHE_MODES = ("auto", "always", "never")
 TRAIN_TRANSFORMS = ("pretraining", "eval")
 # Data transforms that draw from the rng; a pipeline without them yields the same example every epoch.
-RANDOM_TRANSFORMS = ("random_crop_native", "random_resized_crop", "horizontal_flip")
 
 
 def override_template(defaults: ConfigDict) -> ConfigDict:
@@ -118,11 +118,8 @@ def validate(cfg: ConfigDict, num_devices: int | None = None) -> None:
 
 
 def has_randomness(data_cfg: ConfigDict) -> bool:
-    """Whether the training transforms draw from the rng (a flip with probability 0 does not)."""
-    names = set(data_cfg.transforms) & set(RANDOM_TRANSFORMS)
-    if names == {"horizontal_flip"} and float(data_cfg.horizontal_flip_prob) == 0:
-        return False
-    return bool(names)
+    """Whether the training transforms draw from the rng."""
+    return draws_randomness(data_cfg.transforms, data_cfg.horizontal_flip_prob)
 
 
 def edges_from_config(edges) -> tuple[float, ...]:
