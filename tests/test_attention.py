@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from naraim.model.attention import attention_mask
+from naraim.model.attention import attention_mask, dot_product_attention
 from naraim.model.vit import make_backbone
 
 P = 2
@@ -133,3 +133,20 @@ def test_padding_invariance_holds_for_every_posemb(posemb):
         return np.asarray(vit.apply(params, *inputs, prefix_length=jnp.array([4, 4]))[0])
 
     np.testing.assert_allclose(encode(b32)[:, :12], encode(b16)[:, :12], atol=1e-5, rtol=0)
+
+
+def test_dot_product_attention_matches_jax_softmax_attention():
+    q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 3, 7, 8))  # [B=2, H=3, N=7, Dh=8] each
+    mask = attention_mask(jnp.array([7, 4]), 7, "prefix_causal", jnp.array([3, 2]))
+
+    def reference(q, k, v):  # jax.nn's softmax attention, in its [B,N,H,Dh] layout
+        t = lambda x: x.swapaxes(1, 2)  # noqa: E731
+        return t(jax.nn.dot_product_attention(t(q), t(k), t(v), mask=mask, implementation="xla"))
+
+    ours = lambda q, k, v: dot_product_attention(q, k, v, mask)  # noqa: E731
+    np.testing.assert_allclose(ours(q, k, v), reference(q, k, v), rtol=1e-5, atol=1e-6)
+    loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)))  # noqa: E731
+    grads = jax.grad(loss(ours), (0, 1, 2))(q, k, v)
+    expected = jax.grad(loss(reference), (0, 1, 2))(q, k, v)
+    for g, e in zip(grads, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)

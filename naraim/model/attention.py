@@ -6,6 +6,9 @@ crosses from host to device. Padding keys (index >= length) are always masked. E
 to itself, so the rows of padding queries are never empty (no NaN); real queries never see padding.
 """
 
+import functools
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -42,11 +45,36 @@ def attention_mask(
     return mask[:, None]
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention: fused qkv, optional rotary embedding, SDPA, output projection.
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(Dh), masked) v, heads-major: q, k, v [B,H,N,Dh], mask [B,1,N,N] -> [B,H,N,Dh].
 
-    Calls jax.nn.dot_product_attention (softmax in float32 whatever the compute dtype);
-    implementation None lets JAX pick its backend ('xla' or 'cudnn' force one).
+    Logits and softmax in float32 whatever the compute dtype. The softmax is normalised after the value
+    product (exp(l - max) v / sum(exp(l - max))), the same function as normalising the probabilities but one
+    [B,H,N,N] pass cheaper forward and backward; the mask is an additive -1e30 so its gradient is free.
+    Every row must see at least one key (attention_mask guarantees the diagonal).
+    """
+    bias = jnp.where(mask, 0.0, -1e30).astype(jnp.float32)
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits * (q.shape[-1] ** -0.5) + bias
+    weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return (out / jnp.sum(weights, axis=-1, keepdims=True)).astype(v.dtype)
+
+
+def _dense_general_init(rng: jax.Array, shape: tuple, dtype, fan_in_axes: int) -> jax.Array:
+    """nn.DenseGeneral's default kernel init for `shape` (lecun_normal of the flattened [in, out] matrix)."""
+    fan_in = math.prod(shape[:fan_in_axes])
+    kernel = nn.initializers.lecun_normal()(rng, (fan_in, math.prod(shape[fan_in_axes:])), dtype)
+    return kernel.reshape(shape)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: fused qkv, optional rotary embedding, attention, output projection.
+
+    Parameters 'qkv' {kernel [D,3,H,Dh], bias [3,H,Dh]} and 'out' {kernel [H,Dh,D], bias [D]} (the layout and
+    init of nn.DenseGeneral). The projections are einsums that produce and consume the heads-major
+    [B,H,N,Dh] layout the attention products need, so no activation is transposed. implementation None or
+    'xla': dot_product_attention above; 'cudnn': jax.nn.dot_product_attention's cuDNN kernel (GPU, bf16).
     """
 
     heads: int
@@ -60,10 +88,35 @@ class SelfAttention(nn.Module):
         if width % self.heads:
             raise ValueError(f"width {width} is not divisible by heads {self.heads}")
         head_dim = width // self.heads
-        qkv = nn.DenseGeneral((3, self.heads, head_dim), dtype=self.dtype, name="qkv")(x)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        qkv_kernel, qkv_bias = _ProjectionParams((width, 3, self.heads, head_dim), 1, name="qkv")()
+        out_kernel, out_bias = _ProjectionParams((self.heads, head_dim, width), 2, name="out")()
+        x, qkv_kernel, qkv_bias, out_kernel, out_bias = nn.dtypes.promote_dtype(
+            x, qkv_kernel, qkv_bias, out_kernel, out_bias, dtype=self.dtype
+        )
+        qkv = jnp.einsum("bnd,dthk->tbhnk", x, qkv_kernel) + qkv_bias[:, None, :, None, :]
+        q, k, v = qkv[0], qkv[1], qkv[2]
         if rope_angles is not None:
-            q = posemb.apply_rope(q, rope_angles)
-            k = posemb.apply_rope(k, rope_angles)
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
-        return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
+            q = posemb.apply_rope(q.swapaxes(1, 2), rope_angles).swapaxes(1, 2)
+            k = posemb.apply_rope(k.swapaxes(1, 2), rope_angles).swapaxes(1, 2)
+        if self.implementation == "cudnn":
+            out = jax.nn.dot_product_attention(
+                q.swapaxes(1, 2), k.swapaxes(1, 2), v.swapaxes(1, 2), mask=mask, implementation="cudnn"
+            ).swapaxes(1, 2)
+        else:
+            out = dot_product_attention(q, k, v, mask)
+        return jnp.einsum("bhnk,hkd->bnd", out, out_kernel) + out_bias
+
+
+class _ProjectionParams(nn.Module):
+    """Declares 'kernel' (float32 `kernel_shape`, nn.DenseGeneral's init with the first `fan_in_axes` axes as
+    inputs) and a zero 'bias' over the remaining axes; returns (kernel, bias)."""
+
+    kernel_shape: tuple[int, ...]
+    fan_in_axes: int
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array]:
+        init = functools.partial(_dense_general_init, fan_in_axes=self.fan_in_axes)
+        kernel = self.param("kernel", init, self.kernel_shape, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, self.kernel_shape[self.fan_in_axes :], jnp.float32)
+        return kernel, bias

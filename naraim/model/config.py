@@ -37,7 +37,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     c.sos_token = False  # DARL: learned start-of-sequence token prepended, last input patch dropped
     c.rope_base = 10000.0  # rotary frequency base (rope_1d / rope_2d)
     c.learned_posemb_max_side = 256  # 'learned' posemb: table entries per axis (>= data.max_tokens)
-    c.attention_impl = ""  # '' = JAX picks, or 'xla' | 'cudnn' (jax.nn.dot_product_attention implementation)
+    c.attention_impl = ""  # '' or 'xla': naraim.model.attention.dot_product_attention; 'cudnn': jax.nn cuDNN
     return c
 
 
