@@ -127,13 +127,19 @@ def make_train_step(
         loss = err_sum / count
         grads = jax.tree_util.tree_map(lambda g: g / count, grads)
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+
+        def update(params, opt_state, grads):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        # a cond, not a select: a finite step runs only the update, a non-finite one keeps the state
+        params, opt_state = jax.lax.cond(
+            finite, update, lambda p, o, g: (p, o), state["params"], state["opt_state"], grads
+        )
         new_state = {
-            "params": keep(params, state["params"]),
-            "opt_state": keep(opt_state, state["opt_state"]),
+            "params": params,
+            "opt_state": opt_state,
             "step": state["step"] + finite.astype(jnp.int32),
             "rng": state["rng"],
         }
