@@ -10,9 +10,9 @@ architecture (model.*) and the data recipe (data.*) are read from that run's con
   finetune   DARL fine-tuning: whole network, no causal mask, last token's output, layer-wise lr decay 0.75,
              label smoothing 0.1, AdamW(0.9, 0.95), weight decay 0.05.
   linear     BatchNorm (no affine) on the mean-pooled features of one block, then a linear layer.
-  demo       sized for the demo pre-training (configs/demo.py) on a 2-core CPU: 4,000 synthetic training
-             images without augmentation (so the backbone features are computed once and cached), 3,000
-             steps of batch 64, 1,000 validation images.
+  demo       sized for the demo pre-training (configs/demo.py) on a 2-core CPU: 12,000 synthetic training
+             images without augmentation (so the backbone features are computed once and cached), a probe
+             head with 16 heads and the MAP MLP, 3,000 steps of batch 64, 1,000 validation images.
 """
 
 import math
@@ -101,7 +101,9 @@ def get_config(variants: str = "") -> ConfigDict:
         c.optim.warmup_steps = 100
         c.optim.lr = 1e-3 if c.protocol == "finetune" else 1e-2
         c.probe.last_k = 2
+        c.probe.num_heads = 16
+        c.probe.use_map_mlp = True
         c.train_transforms = "eval"
-        c.data.synthetic.train_size = 4_000
+        c.data.synthetic.train_size = 12_000
         c.eval.max_examples = 1_000
     return c

@@ -1,9 +1,10 @@
 """Synthetic labelled images at native aspect ratios, generated from (seed, split, index); no files.
 
 Each image is one object of its class drawn at a random position, scale, colour and rotation over a random
-background (gradient, blocky noise, stripes, or clutter of thin lines). Shapes are drawn in pixel space, so
-the proportion pairs (circle/ellipse, square/rectangle) are only separable at the native aspect ratio:
-squashing a wide image into a square turns a circle into an ellipse.
+low-contrast background (gradient, blocky noise, stripes, or clutter of thin lines) in a colour that stands
+out from it, so the class stays recognisable at the demo's 64x64-pixel area. Shapes are drawn in pixel
+space, so the proportion pairs (circle/ellipse, square/rectangle) are only separable at the native aspect
+ratio: squashing a wide image into a square turns a circle into an ellipse.
 """
 
 import math
@@ -82,11 +83,12 @@ def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, n
     kind = rng.integers(4)
     a = rng.uniform(0, 2 * math.pi)
     cos, sin = math.cos(a), math.sin(a)
-    c0, c1 = _colour(rng), _colour(rng)
+    c0 = _colour(rng)
+    c1 = np.clip(c0.astype(np.int64) + rng.integers(-48, 49, 3), 0, 255).astype(np.uint8)  # low contrast
     mean = (c0.astype(np.float32) + c1) / 2
     if kind == 1:  # blocky noise around a base colour
         block = int(rng.integers(4, 16))
-        noise = rng.integers(-60, 61, (h // block + 1, w // block + 1, 3)) + c0.astype(np.int64)
+        noise = rng.integers(-24, 25, (h // block + 1, w // block + 1, 3)) + c0.astype(np.int64)
         noise = np.clip(noise, 0, 255).astype(np.uint8)
         return noise.repeat(block, 0).repeat(block, 1)[:h, :w], c0.astype(np.float32)
     xs = np.arange(w, dtype=np.float32)[None, :]
@@ -103,10 +105,11 @@ def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, n
     lut = (c0 + ramp * (c1.astype(np.float32) - c0)).astype(np.uint8)
     img = lut[t]
     if kind == 3:  # clutter: thin line segments (length/width >= 8, unlike any object class)
-        for _ in range(int(rng.integers(5, 16))):
+        for _ in range(int(rng.integers(2, 7))):
             length = rng.uniform(0.1, 0.4) * max(h, w)
             line = lambda u, v: (np.abs(u) <= 1.0) & (np.abs(v) <= 0.06)  # noqa: E731
-            _draw(img, rng, line, length / 2, _colour(rng), extent=(1.0, 0.06))
+            faint = _colour(rng) // 4 + (3 * mean / 4).astype(np.uint8)
+            _draw(img, rng, line, length / 2, faint, extent=(1.0, 0.06))
     return img, mean
 
 
@@ -146,8 +149,8 @@ def generate(
     h, w = _size(rng, min_side, max_side)
     img, mean = _background(rng, h, w)
     colour = _colour(rng)
-    if np.abs(colour - mean).max() < 80:  # keep the object visible
-        colour = 255 - colour
-    radius = rng.uniform(0.25, 0.45) * min(h, w)
+    if np.abs(colour - mean).max() < 128:  # keep the object clearly visible
+        colour = np.where(mean < 128, 255 - colour // 4, colour // 4).astype(np.uint8)
+    radius = rng.uniform(0.3, 0.45) * min(h, w)
     _draw(img, rng, lambda u, v: shape_mask(label, u, v), radius, colour)
     return img, label
