@@ -5,10 +5,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from probe_helpers import pretrain_workdir
 
 from naraim import diffusion
 from naraim.errors import UserError
-from naraim.generate import completion_images, make_complete_fn, prefix_lengths, save_completion_grid
+from naraim.generate import (
+    completion_images,
+    generate_from_run,
+    make_complete_fn,
+    prefix_lengths,
+    save_completion_grid,
+)
 from naraim.model.model import make_model
 
 B, N, P = 3, 12, 4
@@ -99,3 +106,17 @@ def test_completion_grid_png(tmp_path):
     path = tmp_path / "grid.png"
     save_completion_grid(rows, str(path), "test")
     assert path.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("variant", ["naraim", "darl"])
+def test_generate_from_a_saved_run_writes_the_grid(tmp_path, variant):
+    """The script's path: a checkpointed tiny pre-training (MSE or diffusion) -> completions PNG."""
+    from PIL import Image
+
+    out = generate_from_run(
+        pretrain_workdir(variant), str(tmp_path / "c.png"), num_images=2, num_steps=3, seed=0
+    )
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size[0] > 0 and image.size[1] > 0
+    with pytest.raises(UserError):
+        generate_from_run(pretrain_workdir(variant), str(tmp_path / "d.png"), prefix_fraction=1.5)
