@@ -3,18 +3,12 @@ training, shorter side to 256 then the central 224x224 for evaluation, 256 token
 configs/naraim_b14.py."""
 
 from naraim.train.config import apply_variant, default_pretrain_config
-from naraim.train.recipes import square_aim_data
+from naraim.train.recipes import square_aim_data, vit_b14_imagenet
 
 
 def _base(cfg):
-    cfg.model.variant = "B/14"
-    cfg.model.posemb = "absolute_sincos_2d"
-    cfg.model.attention = "prefix_causal"
-    cfg.model.dtype = "bfloat16"
-    cfg.data.source = "tfds:imagenet2012"
-    cfg.data.image_size = 224
+    vit_b14_imagenet(cfg)
     square_aim_data(cfg)
-    cfg.loss.norm_pix = True
 
 
 def get_config(arg: str | None = None):

@@ -7,19 +7,14 @@
 """
 
 from naraim.train.config import apply_variant, default_pretrain_config
+from naraim.train.recipes import vit_b14_imagenet
 
 
 def _base(cfg):
-    cfg.model.variant = "B/14"
-    cfg.model.posemb = "absolute_sincos_2d"
-    cfg.model.attention = "prefix_causal"
-    cfg.model.dtype = "bfloat16"
-    cfg.data.source = "tfds:imagenet2012"
-    cfg.data.image_size = 224
+    vit_b14_imagenet(cfg)
     cfg.data.max_tokens = 256
     cfg.data.transforms = ("native_aspect_ratio_resize", "horizontal_flip")
     cfg.data.eval_transforms = ("native_aspect_ratio_resize",)
-    cfg.loss.norm_pix = True
 
 
 def _fractional(cfg):

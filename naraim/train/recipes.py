@@ -16,6 +16,18 @@ def square_aim_data(cfg: ml_collections.ConfigDict) -> None:
     cfg.data.max_tokens = (cfg.data.image_size // patch_size(cfg.model.variant)) ** 2
 
 
+def vit_b14_imagenet(cfg: ml_collections.ConfigDict) -> None:
+    """NARAIM Table 1's shared setting: ViT-B/14, absolute 2D sin-cos embedding, prefix-causal attention,
+    bfloat16 compute, ImageNet through TFDS at S=224, normalized-pixel targets (set the geometry after)."""
+    cfg.model.variant = "B/14"
+    cfg.model.posemb = "absolute_sincos_2d"
+    cfg.model.attention = "prefix_causal"
+    cfg.model.dtype = "bfloat16"
+    cfg.data.source = "tfds:imagenet2012"
+    cfg.data.image_size = 224
+    cfg.loss.norm_pix = True
+
+
 def aim_scale_config(model_variant: str) -> ml_collections.ConfigDict:
     """AIM-0.6B .. AIM-7B on square ImageNet images: MLP head (12 blocks), bfloat16 compute, FSDP, cosine lr,
     global batch 4096 (AIM's), remat of the blocks to fit activations."""
