@@ -27,9 +27,8 @@ from ml_collections import ConfigDict
 from naraim import diffusion
 from naraim.errors import UserError
 from naraim.model.model import make_head
-from naraim.train.evaluation import unnormalize
-
-MODEL_INPUTS = ("patches", "coords", "grid", "length")
+from naraim.train.loss import unnormalize
+from naraim.train.step import MODEL_INPUTS
 
 
 def prefix_lengths(length: np.ndarray, prefix_fraction: float) -> np.ndarray:

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from naraim.train.loss import loss_weights, next_patch_loss, patch_targets
+from naraim.train.loss import loss_weights, next_patch_loss, patch_targets, unnormalize
 from naraim.train.step import draw_prefix
 
 
@@ -45,3 +45,12 @@ def test_prefix_lengths_in_range():
     np.testing.assert_array_equal(first, k)
     none, first = draw_prefix(jax.random.PRNGKey(3), length, "causal", sos_token=True)
     assert none is None and int(first.max()) == 0
+
+
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_unnormalize_inverts_patch_targets(norm_pix):
+
+
+    patches = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 3, 12)), jnp.uint8)
+    pixels = unnormalize(patch_targets(patches, norm_pix), patches, norm_pix)
+    np.testing.assert_allclose(pixels, patches.astype(np.float32) / 255.0, atol=1e-5)

@@ -20,18 +20,9 @@ from naraim.data import orderings
 from naraim.data.pipeline import make_eval_iterator
 from naraim.model.sizes import patch_size
 from naraim.train import plots
-from naraim.train.loss import loss_weights, per_patch_error
+from naraim.train.loss import loss_weights, per_patch_error, unnormalize
 from naraim.train.mesh import global_batch, replicated
 from naraim.train.step import MODEL_INPUTS
-
-
-def unnormalize(pred, patches, norm_pix: bool):
-    """Predictions [.., K] back to pixels in [0,1]: with norm_pix, using the target patch's own mean
-    and std."""
-    if not norm_pix:
-        return (pred + 1.0) / 2.0
-    x = patches.astype(jnp.float32) / 255.0
-    return pred * jnp.sqrt(x.var(-1, keepdims=True) + 1e-6) + x.mean(-1, keepdims=True)
 
 
 def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_sharding) -> Callable:

@@ -18,6 +18,15 @@ def patch_targets(patches, norm_pix: bool):
     return x * 2.0 - 1.0
 
 
+def unnormalize(pred, patches, norm_pix: bool):
+    """The inverse of patch_targets: predictions [.., K] back to pixels in [0,1]; with norm_pix, using the
+    target patch's own mean and std."""
+    if not norm_pix:
+        return (pred + 1.0) / 2.0
+    x = patches.astype(jnp.float32) / 255.0
+    return pred * jnp.sqrt(x.var(-1, keepdims=True) + 1e-6) + x.mean(-1, keepdims=True)
+
+
 def loss_weights(length, first, num_tokens: int):
     """float32 [B,N]: 1 where target j is in the loss, i.e. first[b] <= j < length[b].
 
