@@ -149,17 +149,7 @@ def test_native_aspect_ratio_resize_never_exceeds_the_full_grid(s, p):
         assert (out.size[0] // p) * (out.size[1] // p) <= (s // p) ** 2
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "native_aspect_ratio_resize",
-        "fit_to_token_budget",
-        "random_crop_native",
-        "random_resized_crop",
-        "resize_shorter_center_crop",
-        "horizontal_flip",
-    ],
-)
+@pytest.mark.parametrize("name", T.TRANSFORM_NAMES)
 def test_random_transforms_are_exactly_those_that_use_the_rng(name):
     t = T.make_transform(name, image_size=S, patch_size=P, max_tokens=N)
     image = _img(533, 400)

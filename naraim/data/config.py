@@ -6,16 +6,9 @@ import os
 import ml_collections
 
 from naraim.data import orderings, synthetic
+from naraim.data.transforms import TRANSFORM_NAMES
 from naraim.errors import UserError
 
-TRANSFORM_NAMES = (
-    "native_aspect_ratio_resize",
-    "fit_to_token_budget",
-    "random_crop_native",
-    "random_resized_crop",
-    "resize_shorter_center_crop",
-    "horizontal_flip",
-)
 # Transforms whose output sides are multiples of the patch size.
 SIZING_TRANSFORMS = (
     "native_aspect_ratio_resize",

@@ -20,6 +20,15 @@ import numpy as np
 from PIL import Image
 
 Transform = Callable[[Image.Image, np.random.Generator], Image.Image]
+TRANSFORM_NAMES = (
+    "native_aspect_ratio_resize",
+    "fit_to_token_budget",
+    "random_crop_native",
+    "random_resized_crop",
+    "resize_shorter_center_crop",
+    "horizontal_flip",
+)
+RANDOM_TRANSFORMS = ("random_crop_native", "random_resized_crop", "horizontal_flip")
 
 
 def _resize_box(
@@ -200,9 +209,6 @@ def make_transform(
     if name not in bound:
         raise ValueError(f"unknown transform {name!r}; known: {', '.join(bound)}")
     return bound[name]
-
-
-RANDOM_TRANSFORMS = ("random_crop_native", "random_resized_crop", "horizontal_flip")
 
 
 def draws_randomness(names: Sequence[str], flip_prob: float) -> bool:
