@@ -1,9 +1,15 @@
 """Model config defaults and validation of user-set values."""
 
+import jax
 import pytest
 
 from naraim.errors import UserError
-from naraim.model.config import default_model_config, resolve_model_config, validate_model_config
+from naraim.model.config import (
+    default_model_config,
+    resolve_attention_impl,
+    resolve_model_config,
+    validate_model_config,
+)
 
 
 def test_defaults():
@@ -47,3 +53,15 @@ def test_learned_table_must_cover_the_budget():
     validate_model_config(cfg, patch_size=14, max_tokens=256)
     with pytest.raises(UserError, match="learned_posemb_max_side"):
         validate_model_config(cfg, patch_size=14, max_tokens=576)
+
+
+def test_automatic_attention_impl_picks_cudnn_only_for_bfloat16_on_gpu(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert resolve_attention_impl("", "bfloat16", 64) == "xla"
+    assert resolve_attention_impl("cudnn", "bfloat16", 64) == "cudnn"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert resolve_attention_impl("", "bfloat16", 64) == "cudnn"
+    assert resolve_attention_impl("", "bfloat16", 128) == "cudnn"
+    assert resolve_attention_impl("", "float32", 64) == "xla"
+    assert resolve_attention_impl("", "bfloat16", 16) == "xla"
+    assert resolve_attention_impl("xla", "bfloat16", 64) == "xla"

@@ -18,6 +18,7 @@ REMAT_POLICIES = (
     "checkpoint_dots_with_no_batch_dims",
 )
 ATTENTION_IMPLS = ("", "xla", "cudnn")
+CUDNN_HEAD_DIMS = (64, 128)  # head dimensions the automatic choice sends to cuDNN (its fused kernels' sizes)
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -37,7 +38,9 @@ def default_model_config() -> ml_collections.ConfigDict:
     c.sos_token = False  # DARL: learned start-of-sequence token prepended, last input patch dropped
     c.rope_base = 10000.0  # rotary frequency base (rope_1d / rope_2d)
     c.learned_posemb_max_side = 256  # 'learned' posemb: table entries per axis (>= data.max_tokens)
-    c.attention_impl = ""  # '' or 'xla': naraim.model.attention.dot_product_attention; 'cudnn': jax.nn cuDNN
+    # 'xla': naraim.model.attention.dot_product_attention; 'cudnn': jax.nn's cuDNN kernel (GPU, bfloat16);
+    # '' = automatic: 'cudnn' on a GPU with bfloat16 compute and head dimension in CUDNN_HEAD_DIMS, else 'xla'
+    c.attention_impl = ""
     return c
 
 
@@ -104,6 +107,14 @@ def validate_model_config(cfg, patch_size: int, max_tokens: int) -> None:
         )
     if max_tokens < 2:
         raise UserError(f"data.max_tokens={max_tokens}: next-patch prediction needs a budget of at least 2")
+
+
+def resolve_attention_impl(attention_impl: str, dtype: str, head_dim: int) -> str:
+    """The attention core that runs: attention_impl if set, else the automatic choice (default config)."""
+    if attention_impl:
+        return attention_impl
+    on_gpu = jax.default_backend() == "gpu"
+    return "cudnn" if on_gpu and dtype == "bfloat16" and head_dim in CUDNN_HEAD_DIMS else "xla"
 
 
 def remat_policy(name: str):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from naraim.model import posemb
 from naraim.model.attention import SelfAttention, attention_mask
-from naraim.model.config import remat_policy, resolve_model_config
+from naraim.model.config import remat_policy, resolve_attention_impl, resolve_model_config
 from naraim.model.sizes import get_size
 
 # Fixed pixel normalisation (ImageNet mean / std of RGB in [0, 1]).
@@ -178,6 +178,6 @@ def make_backbone(model_cfg) -> ViT:
         scan=cfg.scan,
         rope_base=float(cfg.rope_base),
         learned_posemb_max_side=cfg.learned_posemb_max_side,
-        attention_impl=cfg.attention_impl or None,
+        attention_impl=resolve_attention_impl(cfg.attention_impl, cfg.dtype, size["width"] // size["heads"]),
         sos_token=bool(cfg.sos_token),
     )
