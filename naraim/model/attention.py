@@ -93,18 +93,19 @@ class SelfAttention(nn.Module):
         x, qkv_kernel, qkv_bias, out_kernel, out_bias = nn.dtypes.promote_dtype(
             x, qkv_kernel, qkv_bias, out_kernel, out_bias, dtype=self.dtype
         )
-        qkv = jnp.einsum("bnd,dthk->tbhnk", x, qkv_kernel) + qkv_bias[:, None, :, None, :]
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        if rope_angles is not None:
-            q = posemb.apply_rope(q.swapaxes(1, 2), rope_angles).swapaxes(1, 2)
-            k = posemb.apply_rope(k.swapaxes(1, 2), rope_angles).swapaxes(1, 2)
-        if self.implementation == "cudnn":
-            out = jax.nn.dot_product_attention(
-                q.swapaxes(1, 2), k.swapaxes(1, 2), v.swapaxes(1, 2), mask=mask, implementation="cudnn"
-            ).swapaxes(1, 2)
-        else:
-            out = dot_product_attention(q, k, v, mask)
-        return jnp.einsum("bhnk,hkd->bnd", out, out_kernel) + out_bias
+        heads_major = self.implementation != "cudnn"  # the einsum core takes [B,H,N,Dh], cuDNN [B,N,H,Dh]
+
+        def project(i: int) -> jax.Array:  # q, k or v from its own matmul: no slice of a stacked qkv
+            y = jnp.einsum("bnd,dhk->bnhk", x, qkv_kernel[:, i]) + qkv_bias[i]
+            if rope_angles is not None and i < 2:
+                y = posemb.apply_rope(y, rope_angles)
+            return y.swapaxes(1, 2) if heads_major else y
+
+        q, k, v = project(0), project(1), project(2)
+        if heads_major:
+            return jnp.einsum("bhnk,hkd->bnd", dot_product_attention(q, k, v, mask), out_kernel) + out_bias
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+        return jnp.einsum("bnhk,hkd->bnd", out, out_kernel) + out_bias
 
 
 class _ProjectionParams(nn.Module):
