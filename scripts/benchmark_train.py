@@ -1,7 +1,8 @@
 """Training-step throughput for any pre-training config: step time, images/s, tokens/s and MFU against the
 device's measured matmul peak (FLOP convention in naraim/train/flops.py).
 
-  python scripts/benchmark_train.py --config configs/naraim_b14.py --config.batch_size=8 [--steps=10]
+  python scripts/benchmark_train.py --config configs/naraim_b14.py --config.batch_size=8 [--steps=10] \
+      [--profile=DIR]   # DIR/plugins/profile/*/: per-op times (Perfetto, TensorBoard)
 
 Batches are random uint8 patches at the full token budget, already on the device (the input pipeline is
 measured separately by scripts/benchmark_input.py).
@@ -17,6 +18,7 @@ import numpy as np
 from absl import flags
 
 from naraim.cli import run_main
+from naraim.model.config import resolve_attention_impl
 from naraim.model.model import make_model
 from naraim.model.sizes import get_size
 from naraim.train.config import validate_pretrain_config
@@ -28,6 +30,7 @@ from naraim.train.step import init_state, make_train_step
 
 _CONFIG = define_config_flag()
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps (after 2 warm-up steps)")
+_PROFILE = flags.DEFINE_string("profile", "", "if set, a jax.profiler trace of 3 more steps is written here")
 
 
 def random_batch(cfg, rng: np.random.Generator) -> dict:
@@ -56,8 +59,10 @@ def main() -> None:
     batch = global_batch(random_batch(cfg, np.random.default_rng(0)), mesh)
     dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
     peak_before = matmul_peak_flops(dtype)
+    on_cpu = jax.default_backend() == "cpu"
     compiled = step.lower(state, batch).compile()
-    xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+    # XLA's count leaves out library calls (cuBLAS, cuDNN), so it is reported on the CPU only
+    xla_flops = (compiled.cost_analysis() or {}).get("flops") if on_cpu else None
     for _ in range(2):
         state, metrics = step(state, batch)
     jax.block_until_ready(state)
@@ -66,8 +71,14 @@ def main() -> None:
         state, metrics = step(state, batch)
     jax.block_until_ready(state)
     step_time = (time.perf_counter() - start) / _STEPS.value
+    if _PROFILE.value:
+        with jax.profiler.trace(_PROFILE.value, create_perfetto_trace=True):
+            for _ in range(3):
+                state, metrics = step(state, batch)
+            jax.block_until_ready(state)
 
     size = get_size(cfg.model.variant)
+    head_dim = size["width"] // size["heads"]
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(state["params"]))
     n = cfg.data.max_tokens
     flops = train_flops_per_step(num_params, cfg.batch_size, n, size["depth"], size["width"])
@@ -77,6 +88,7 @@ def main() -> None:
         "config": cfg.variant,
         "model": cfg.model.variant,
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "attention_impl": resolve_attention_impl(cfg.model.attention_impl, cfg.model.dtype, head_dim),
         "batch_size": cfg.batch_size,
         "tokens": cfg.data.max_tokens,
         "params": int(num_params),
@@ -84,7 +96,7 @@ def main() -> None:
         "images_per_sec": cfg.batch_size / step_time,
         "tokens_per_sec": cfg.batch_size * cfg.data.max_tokens / step_time,
         "model_gflop_per_step": flops / 1e9,
-        "xla_gflop_per_step": float(xla_flops) / 1e9,
+        "xla_gflop_per_step": None if xla_flops is None else float(xla_flops) / 1e9,
         "model_gflop_per_sec": flops / step_time / 1e9,
         f"measured_{jnp.dtype(dtype).name}_matmul_peak_gflop_per_sec": peak / 1e9,
         "mfu": flops / step_time / peak,
