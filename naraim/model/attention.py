@@ -69,12 +69,12 @@ def _dense_general_init(rng: jax.Array, shape: tuple, dtype, fan_in_axes: int) -
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention: fused qkv, optional rotary embedding, attention, output projection.
+    """Multi-head self-attention: q/k/v projections, optional rotary embedding, attention, output projection.
 
     Parameters 'qkv' {kernel [D,3,H,Dh], bias [3,H,Dh]} and 'out' {kernel [H,Dh,D], bias [D]} (the layout and
-    init of nn.DenseGeneral). The projections are einsums that produce and consume the heads-major
-    [B,H,N,Dh] layout the attention products need, so no activation is transposed. implementation None or
-    'xla': dot_product_attention above; 'cudnn': jax.nn.dot_product_attention's cuDNN kernel (GPU, bf16).
+    init of nn.DenseGeneral). q, k and v each come from their own matmul (a slice of the qkv kernel), in the
+    layout the attention core takes: implementation None or 'xla': dot_product_attention above on
+    [B,H,N,Dh]; 'cudnn': jax.nn.dot_product_attention's cuDNN kernel (GPU, bf16) on [B,N,H,Dh].
     """
 
     heads: int
