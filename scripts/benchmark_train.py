@@ -18,9 +18,9 @@ import numpy as np
 from absl import flags
 
 from naraim.cli import run_main
-from naraim.model.config import resolve_attention_impl
 from naraim.model.model import make_model
 from naraim.model.sizes import get_size
+from naraim.model.vit import make_backbone
 from naraim.train.config import validate_pretrain_config
 from naraim.train.flags import define_config_flag, parse_flags
 from naraim.train.flops import matmul_peak_flops, train_flops_per_step
@@ -78,7 +78,6 @@ def main() -> None:
             jax.block_until_ready(state)
 
     size = get_size(cfg.model.variant)
-    head_dim = size["width"] // size["heads"]
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(state["params"]))
     n = cfg.data.max_tokens
     flops = train_flops_per_step(num_params, cfg.batch_size, n, size["depth"], size["width"])
@@ -88,7 +87,7 @@ def main() -> None:
         "config": cfg.variant,
         "model": cfg.model.variant,
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        "attention_impl": resolve_attention_impl(cfg.model.attention_impl, cfg.model.dtype, head_dim),
+        "attention_impl": make_backbone(cfg.model).attention_impl,  # the core the model runs
         "batch_size": cfg.batch_size,
         "tokens": cfg.data.max_tokens,
         "params": int(num_params),
