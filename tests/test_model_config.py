@@ -47,6 +47,13 @@ def test_bad_values_raise_user_error(key, value, match):
         validate_model_config(cfg, patch_size=14, max_tokens=256)
 
 
+def test_cudnn_needs_a_gpu():
+    cfg = default_model_config()
+    cfg.update(attention_impl="cudnn", dtype="bfloat16")
+    with pytest.raises(UserError, match="needs a GPU"):  # this test runs on the CPU
+        validate_model_config(cfg, patch_size=14, max_tokens=256)
+
+
 def test_learned_table_must_cover_the_budget():
     cfg = default_model_config()
     cfg.posemb = "learned"
