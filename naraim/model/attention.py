@@ -48,14 +48,16 @@ def attention_mask(
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """softmax(q k^T / sqrt(Dh), masked) v, heads-major: q, k, v [B,H,N,Dh], mask [B,1,N,N] -> [B,H,N,Dh].
 
-    Logits and softmax in float32 whatever the compute dtype. The softmax is normalised after the value
-    product (exp(l - max) v / sum(exp(l - max))), the same function as normalising the probabilities but one
+    Logits and softmax in float32 whatever the compute dtype. 1/sqrt(Dh) scales q [B,H,N,Dh] rather than
+    the logits [B,H,N,N]: on the CPU a scale on the logits became a materialised [B,H,N,N] operand read by
+    every layer forward and backward. The softmax is normalised after the value product
+    (exp(l - max) v / sum(exp(l - max))), the same function as normalising the probabilities but one
     [B,H,N,N] pass cheaper forward and backward; the mask is an additive -1e30 so its gradient is free.
     Every row must see at least one key (attention_mask guarantees the diagonal).
     """
     bias = jnp.where(mask, 0.0, -1e30).astype(jnp.float32)
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
-    logits = logits * (q.shape[-1] ** -0.5) + bias
+    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) + bias
     weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
     out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return (out / jnp.sum(weights, axis=-1, keepdims=True)).astype(v.dtype)
