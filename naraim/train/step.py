@@ -90,7 +90,7 @@ def make_train_step(
     sos = bool(cfg.model.get("sos_token", False))
     micro_sharding = NamedSharding(mesh, P(None, DATA_AXIS))
 
-    def summed_error(params, inputs, prefix, weights, noise_rng):
+    def weighted_error(params, inputs, prefix, weights, noise_rng):
         if cfg.loss.objective == "diffusion":  # DARL: denoise per-patch corrupted targets
             err = diffusion.denoising_error(
                 model, params, inputs, noise_rng, cfg.loss, prefix_length=prefix
@@ -105,10 +105,13 @@ def make_train_step(
         prefix, first = draw_prefix(rng, inputs["length"], attention, sos)
         weights = loss_weights(inputs["length"], first, inputs["patches"].shape[1])
         count = jnp.maximum(jnp.sum(weights), 1.0)
-        grad_fn = jax.value_and_grad(summed_error)
+        # each target's share of the mean: the loss and its gradients come out normalised, with no pass
+        # over the gradients to divide them
+        shares = weights / count
+        grad_fn = jax.value_and_grad(weighted_error)
         noise_rng = jax.random.fold_in(rng, 1)
         if num_micro == 1:
-            err_sum, grads = grad_fn(state["params"], inputs, prefix, weights, noise_rng)
+            loss, grads = grad_fn(state["params"], inputs, prefix, shares, noise_rng)
         else:
 
             def split(x):
@@ -116,16 +119,14 @@ def make_train_step(
                 return jax.lax.with_sharding_constraint(x, micro_sharding)
 
             noise_rngs = jax.random.split(noise_rng, num_micro)
-            xs = (*jax.tree_util.tree_map(split, (inputs, prefix, weights)), noise_rngs)
+            xs = (*jax.tree_util.tree_map(split, (inputs, prefix, shares)), noise_rngs)
 
             def accumulate(carry, micro):
                 e, g = grad_fn(state["params"], *micro)
                 return jax.tree_util.tree_map(jnp.add, carry, (e, g)), None
 
             zero = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, state["params"]))
-            (err_sum, grads), _ = jax.lax.scan(accumulate, zero, xs)
-        loss = err_sum / count
-        grads = jax.tree_util.tree_map(lambda g: g / count, grads)
+            (loss, grads), _ = jax.lax.scan(accumulate, zero, xs)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
