@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from naraim.model import posemb
 from naraim.model.attention import SelfAttention, attention_mask
 from naraim.model.config import remat_policy, resolve_attention_impl, resolve_model_config
+from naraim.model.layernorm import LayerNorm
 from naraim.model.sizes import get_size
 
 # Fixed pixel normalisation (ImageNet mean / std of RGB in [0, 1]).
@@ -45,10 +46,10 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, rope_angles: jax.Array | None):
         """x [B,N,D], mask bool [B,1,N,N], rope_angles [B,N,Dh/2] or None -> (x, x)."""
-        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
+        y = LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
         y = SelfAttention(self.heads, self.dtype, self.attention_impl, name="attn")(y, mask, rope_angles)
         x = x + y
-        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
+        y = LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
         x = x + MlpBlock(self.mlp_dim, self.dtype, name="mlp")(y)
         return x, x
 
@@ -156,7 +157,7 @@ class ViT(nn.Module):
                     self.heads, self.mlp_dim, self.dtype, self.attention_impl, name=f"block_{i}"
                 )(x, mask, angles)
                 intermediates[f"block_{i}"] = x
-        x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
+        x = LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
         intermediates["encoded"] = x
         return x, intermediates
 
