@@ -89,8 +89,7 @@ def validate_model_config(cfg, patch_size: int, max_tokens: int) -> None:
         _fail("attention_impl", cfg.attention_impl, ATTENTION_IMPLS)
     if cfg.attention_impl == "cudnn" and cfg.dtype != "bfloat16":
         raise UserError("model.attention_impl='cudnn' needs model.dtype='bfloat16'")
-    if cfg.attention_impl == "cudnn" and jax.default_backend() != "gpu":
-        backend = jax.default_backend()
+    if cfg.attention_impl == "cudnn" and (backend := jax.default_backend()) != "gpu":
         raise UserError(f"model.attention_impl='cudnn' needs a GPU (this run's backend: {backend})")
     if cfg.head == "mlp" and (cfg.head_depth < 1 or cfg.head_width < 0):
         raise UserError(
