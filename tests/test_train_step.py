@@ -4,11 +4,12 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from naraim.data.pipeline import make_train_iterator
 from naraim.model.model import make_model
 from naraim.train.mesh import global_batch, make_mesh
-from naraim.train.optimizer import decay_mask, make_optimizer
+from naraim.train.optimizer import clip_by_global_norm, decay_mask, make_optimizer
 from naraim.train.step import init_state, make_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +33,27 @@ def test_weight_decay_only_on_kernels_outside_embeddings():
     assert flat and all(v == ("kernel" in k and "posemb" not in k) for k, v in flat.items()), flat
     assert any("posemb" in k and "kernel" in k for k in flat)  # the fractional embedding's Dense is excluded
     assert any("sos" in k for k in flat) and any(v for v in flat.values())
+
+
+def test_clip_by_global_norm_matches_optax_and_uses_the_given_norm():
+    grads = {"a": jnp.arange(6.0).reshape(2, 3), "b": jnp.array([-4.0, 0.5])}
+    for max_norm in (0.5, 100.0):  # clipped, and left alone
+        ours, _ = clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+        ref, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+        jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), ours, ref)
+    given, _ = clip_by_global_norm(1.0).update(grads, optax.EmptyState(), grad_norm=jnp.float32(10.0))
+    np.testing.assert_allclose(given["b"], grads["b"] / 10.0, rtol=1e-6)
+    chained = make_optimizer(tiny_config().optim, 10)[0]  # the chain hands grad_norm to the clip
+    params = jax.tree_util.tree_map(jnp.zeros_like, grads)
+    _, given_state = chained.update(grads, chained.init(params), params, grad_norm=jnp.float32(1e6))
+    _, own_state = chained.update(grads, chained.init(params), params)
+    mus = [
+        s.mu["b"]
+        for s in jax.tree_util.tree_leaves((given_state, own_state), is_leaf=lambda s: hasattr(s, "mu"))
+        if hasattr(s, "mu")
+    ]
+    norm = np.sqrt(np.sum(np.arange(6.0) ** 2) + 4.0**2 + 0.5**2)  # > clip_norm: clipped by its own norm
+    np.testing.assert_allclose(mus[0] * 1e6, mus[1] * norm, rtol=1e-5)
 
 
 def _batch(cfg):

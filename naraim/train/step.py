@@ -131,7 +131,7 @@ def make_train_step(
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         def update(params, opt_state, grads):
-            updates, opt_state = optimizer.update(grads, opt_state, params)
+            updates, opt_state = optimizer.update(grads, opt_state, params, grad_norm=grad_norm)
             return optax.apply_updates(params, updates), opt_state
 
         # a cond, not a select: a finite step runs only the update, a non-finite one keeps the state
