@@ -1,9 +1,9 @@
 """NARAIM ViT-B/14 pre-training (the paper's Table 1 rows).
 
-  base          native aspect ratio, absolute 2D sin-cos embedding, normalized pixels, no random crop
-  fractional    base + fractional position embedding
-  random_crop   fractional + NARAIM random crop (area [0.4, 1], aspect [3/4, 4/3], native aspect ratio)
-  no_norm       base with raw-pixel targets (no per-patch normalisation)
+base          native aspect ratio, absolute 2D sin-cos embedding, normalized pixels, no random crop
+fractional    base + fractional position embedding
+random_crop   fractional + NARAIM random crop (area [0.4, 1], aspect [3/4, 4/3], native aspect ratio)
+no_norm       base with raw-pixel targets (no per-patch normalisation)
 """
 
 from naraim.train.config import apply_variant, default_pretrain_config

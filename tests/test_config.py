@@ -103,8 +103,10 @@ def test_cli_unknown_key_and_bad_value_end_with_one_line(tmp_path):
 def test_cli_missing_datasets_end_with_one_line(tmp_path):
     for overrides, needle in [
         ([f"--config.data.source=folder:{tmp_path / 'nope'}"], "does not exist"),
-        (["--config.data.source=tfds:imagenet2012", f"--config.data.tfds_data_dir={tmp_path}"],
-         "not prepared"),
+        (
+            ["--config.data.source=tfds:imagenet2012", f"--config.data.tfds_data_dir={tmp_path}"],
+            "not prepared",
+        ),
     ]:
         r = run_pretrain("--config", "configs/demo.py:naraim", "--workdir", str(tmp_path / "run"), *overrides)
         assert r.returncode == 1

@@ -50,7 +50,6 @@ def test_prefix_lengths_in_range():
 @pytest.mark.parametrize("norm_pix", [True, False])
 def test_unnormalize_inverts_patch_targets(norm_pix):
 
-
     patches = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 3, 12)), jnp.uint8)
     pixels = unnormalize(patch_targets(patches, norm_pix), patches, norm_pix)
     np.testing.assert_allclose(pixels, patches.astype(np.float32) / 255.0, atol=1e-5)

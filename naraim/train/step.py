@@ -92,9 +92,7 @@ def make_train_step(
 
     def weighted_error(params, inputs, prefix, weights, noise_rng):
         if cfg.loss.objective == "diffusion":  # DARL: denoise per-patch corrupted targets
-            err = diffusion.denoising_error(
-                model, params, inputs, noise_rng, cfg.loss, prefix_length=prefix
-            )
+            err = diffusion.denoising_error(model, params, inputs, noise_rng, cfg.loss, prefix_length=prefix)
             return jnp.sum(err * weights)
         out = model.apply({"params": params}, inputs, prefix_length=prefix)
         return jnp.sum(per_patch_error(out["pred"], inputs["patches"], norm_pix) * weights)
