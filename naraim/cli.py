@@ -1,13 +1,19 @@
-"""Shared entry-point plumbing for the scripts: user errors end with one line and exit status 1."""
+"""Shared entry-point plumbing for the scripts: user errors end with one line and exit status 1, and on
+the CPU backend the host allocator keeps XLA's per-step buffers (naraim/host_memory.py)."""
 
 import sys
 from collections.abc import Callable
 
 from naraim.errors import UserError
+from naraim.host_memory import keep_freed_host_memory
 
 
 def run_main(main: Callable[[], None]) -> None:
-    """Runs `main`; a UserError prints `error: <message>` to stderr and exits with status 1."""
+    """Runs `main`; a UserError prints `error: <message>` to stderr and exits with status 1.
+
+    Call it before anything initialises a JAX backend (the allocator setting needs that).
+    """
+    keep_freed_host_memory()
     try:
         main()
     except UserError as e:

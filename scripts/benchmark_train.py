@@ -9,6 +9,7 @@ measured separately by scripts/benchmark_input.py).
 """
 
 import json
+import resource
 import sys
 import time
 
@@ -29,7 +30,7 @@ from naraim.train.optimizer import make_optimizer
 from naraim.train.step import init_state, make_train_step
 
 _CONFIG = define_config_flag()
-_STEPS = flags.DEFINE_integer("steps", 10, "timed steps (after 2 warm-up steps)")
+_STEPS = flags.DEFINE_integer("steps", 10, "timed steps (after 5 warm-up steps)")
 _PROFILE = flags.DEFINE_string("profile", "", "if set, a jax.profiler trace of 3 more steps is written here")
 
 
@@ -63,14 +64,15 @@ def main() -> None:
     compiled = step.lower(state, batch).compile()
     # XLA's count leaves out library calls (cuBLAS, cuDNN), so it is reported on the CPU only
     xla_flops = (compiled.cost_analysis() or {}).get("flops") if on_cpu else None
-    for _ in range(2):
+    for _ in range(5):  # until the host allocator holds enough for the steps in flight (CPU)
         state, metrics = step(state, batch)
     jax.block_until_ready(state)
-    start = time.perf_counter()
+    faults, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
     for _ in range(_STEPS.value):
         state, metrics = step(state, batch)
     jax.block_until_ready(state)
     step_time = (time.perf_counter() - start) / _STEPS.value
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / _STEPS.value
     if _PROFILE.value:
         with jax.profiler.trace(_PROFILE.value, create_perfetto_trace=True):
             for _ in range(3):
@@ -99,6 +101,7 @@ def main() -> None:
         "model_gflop_per_sec": flops / step_time / 1e9,
         f"measured_{jnp.dtype(dtype).name}_matmul_peak_gflop_per_sec": peak / 1e9,
         "mfu": flops / step_time / peak,
+        "host_page_faults_per_step": faults,  # ~0 once the host allocator reuses the step's buffers
         "final_loss": float(metrics["loss"]),
     }
     if jax.process_index() == 0:
