@@ -30,8 +30,13 @@ from naraim.train.optimizer import make_optimizer
 from naraim.train.step import init_state, make_train_step
 
 _CONFIG = define_config_flag()
-_STEPS = flags.DEFINE_integer("steps", 10, "timed steps (after 5 warm-up steps)")
+_STEPS = flags.DEFINE_integer("steps", 10, "timed steps (after warm-up steps)")
 _PROFILE = flags.DEFINE_string("profile", "", "if set, a jax.profiler trace of 3 more steps is written here")
+
+
+def _page_faults() -> int:
+    """Minor page faults of this process so far (the host mapping fresh memory)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def random_batch(cfg, rng: np.random.Generator) -> dict:
@@ -64,15 +69,21 @@ def main() -> None:
     compiled = step.lower(state, batch).compile()
     # XLA's count leaves out library calls (cuBLAS, cuDNN), so it is reported on the CPU only
     xla_flops = (compiled.cost_analysis() or {}).get("flops") if on_cpu else None
-    for _ in range(5):  # until the host allocator holds enough for the steps in flight (CPU)
-        state, metrics = step(state, batch)
-    jax.block_until_ready(state)
-    faults, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+    # warm-up in rounds shaped like the timed one (steps in flight hold host buffers), until a round maps
+    # no new host memory: the CPU allocator then reuses its blocks
+    for _ in range(5):
+        faults = _page_faults()
+        for _ in range(_STEPS.value):
+            state, metrics = step(state, batch)
+        jax.block_until_ready(state)
+        if _page_faults() - faults < 1000:
+            break
+    faults, start = _page_faults(), time.perf_counter()
     for _ in range(_STEPS.value):
         state, metrics = step(state, batch)
     jax.block_until_ready(state)
     step_time = (time.perf_counter() - start) / _STEPS.value
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / _STEPS.value
+    faults = (_page_faults() - faults) / _STEPS.value
     if _PROFILE.value:
         with jax.profiler.trace(_PROFILE.value, create_perfetto_trace=True):
             for _ in range(3):
