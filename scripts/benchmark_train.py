@@ -72,18 +72,18 @@ def main() -> None:
     # warm-up in rounds shaped like the timed one (steps in flight hold host buffers), until a round maps
     # no new host memory: the CPU allocator then reuses its blocks
     for _ in range(5):
-        faults = _page_faults()
+        faults_before = _page_faults()
         for _ in range(_STEPS.value):
             state, metrics = step(state, batch)
         jax.block_until_ready(state)
-        if _page_faults() - faults < 1000:
+        if _page_faults() - faults_before < 1000:
             break
-    faults, start = _page_faults(), time.perf_counter()
+    faults_before, start = _page_faults(), time.perf_counter()
     for _ in range(_STEPS.value):
         state, metrics = step(state, batch)
     jax.block_until_ready(state)
     step_time = (time.perf_counter() - start) / _STEPS.value
-    faults = (_page_faults() - faults) / _STEPS.value
+    faults_per_step = (_page_faults() - faults_before) / _STEPS.value
     if _PROFILE.value:
         with jax.profiler.trace(_PROFILE.value, create_perfetto_trace=True):
             for _ in range(3):
@@ -112,7 +112,7 @@ def main() -> None:
         "model_gflop_per_sec": flops / step_time / 1e9,
         f"measured_{jnp.dtype(dtype).name}_matmul_peak_gflop_per_sec": peak / 1e9,
         "mfu": flops / step_time / peak,
-        "host_page_faults_per_step": faults,  # ~0 once the host allocator reuses the step's buffers
+        "host_page_faults_per_step": faults_per_step,  # ~0 once the host allocator reuses the step's buffers
         "final_loss": float(metrics["loss"]),
     }
     if jax.process_index() == 0:
