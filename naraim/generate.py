@@ -21,14 +21,21 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import matplotlib
 import numpy as np
 from ml_collections import ConfigDict
 
-from naraim import diffusion
+from naraim.data.pipeline import make_eval_iterator
 from naraim.errors import UserError
-from naraim.model.model import make_head
-from naraim.train.loss import unnormalize
-from naraim.train.step import MODEL_INPUTS
+from naraim.model.model import MODEL_INPUTS, make_head, make_model
+from naraim.model.sizes import patch_size
+from naraim.objectives import diffusion
+from naraim.objectives.targets import unnormalize
+from naraim.train.checkpoint import restore_params
+from naraim.train.plots import patches_to_image
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 
 def prefix_lengths(length: np.ndarray, prefix_fraction: float) -> np.ndarray:
@@ -39,10 +46,10 @@ def prefix_lengths(length: np.ndarray, prefix_fraction: float) -> np.ndarray:
     return np.clip(np.floor(prefix_fraction * length), 1, length).astype(np.int32)
 
 
-def to_uint8(pred: jax.Array, original: jax.Array, norm_pix: bool) -> jax.Array:
+def to_uint8(pred: jax.Array, original: jax.Array, norm_pix: bool, raw_scale: str = "symmetric") -> jax.Array:
     """Predictions in target units [..., K] -> uint8 pixels. norm_pix models are un-normalized with the
     original patch's own mean and std (the convention of the reconstructions plot)."""
-    pixels = unnormalize(pred, original, norm_pix)
+    pixels = unnormalize(pred, original, norm_pix, raw_scale)
     return jnp.clip(jnp.round(pixels * 255.0), 0, 255).astype(jnp.uint8)
 
 
@@ -56,7 +63,7 @@ def make_complete_fn(model: nn.Module, cfg: ConfigDict, num_steps: int = 50) -> 
     if attention == "bidirectional":
         raise UserError("generation needs a causal model: this run used model.attention='bidirectional'")
     objective = cfg.loss.get("objective", "mse")
-    norm_pix = bool(cfg.loss.norm_pix)
+    norm_pix, raw_scale = bool(cfg.loss.norm_pix), cfg.loss.get("raw_scale", "symmetric")
     if objective == "diffusion":
         diffusion_cfg = cfg.loss.diffusion
         head = make_head(model.config)
@@ -90,7 +97,7 @@ def make_complete_fn(model: nn.Module, cfg: ConfigDict, num_steps: int = 50) -> 
         def body(j, patches):
             inputs = dict(batch, patches=patches)
             out = model.apply({"params": params}, inputs, prefix_length=prefix, head_inputs=head_inputs)
-            new = to_uint8(sample_patch(out, j), original[:, j], norm_pix)
+            new = to_uint8(sample_patch(out, j), original[:, j], norm_pix, raw_scale)
             return patches.at[:, j].set(jnp.where(keep[:, j, None], patches[:, j], new))
 
         start = jnp.maximum(jnp.min(prefix_length), 1)
@@ -104,8 +111,6 @@ def completion_images(
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per example (prefix, completion, original) float images [H, W, 3] in [0, 1], patches at their coords;
     the prefix image shows the not-given patches in mid grey."""
-    from naraim.train.plots import patches_to_image
-
     rows = []
     for i in range(len(batch["length"])):
         args = (batch["coords"][i], batch["grid"][i], int(batch["length"][i]), patch)
@@ -123,11 +128,6 @@ def completion_images(
 
 def save_completion_grid(rows: list, path: str, title: str = "") -> None:
     """PNG with one row per image: input prefix | completion | original."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(len(rows), 3, figsize=(6.6, 2.2 * len(rows)), squeeze=False)
     for i, images in enumerate(rows):
         for c, (image, label) in enumerate(zip(images, ("prefix", "completion", "original"), strict=True)):
@@ -156,11 +156,6 @@ def generate_from_run(
 ) -> str:
     """Completes the first `num_images` images of the run's validation split (or `split`) and writes the PNG
     grid to out_path (default INIT_FROM/completions_<step>.png). Returns the path written."""
-    from naraim.data.pipeline import make_eval_iterator
-    from naraim.model.model import make_model
-    from naraim.model.sizes import patch_size
-    from naraim.train.checkpoint import restore_params
-
     if num_images < 1:
         raise UserError(f"num_images={num_images} must be at least 1")
     prefix_lengths(np.ones(1), prefix_fraction)  # checks the fraction before any loading

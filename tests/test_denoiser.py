@@ -6,9 +6,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from naraim import diffusion
 from naraim.model.denoiser import Denoiser, make_denoiser
 from naraim.model.model import make_model
+from naraim.objectives import diffusion
+from naraim.objectives.config import default_loss_config
 
 B, N, D, K = 2, 5, 16, 12
 
@@ -68,7 +69,7 @@ def test_denoising_objective_composes_with_posembs_and_attention(posemb, attenti
     """The diffusion loss and its gradient trace for each position embedding and attention mode."""
     model_cfg = dict(variant="Pico/4", head="denoising", posemb=posemb, attention=attention, sos_token=sos)
     model = make_model(model_cfg)
-    loss_cfg = {"norm_pix": True, "objective": "diffusion", "diffusion": diffusion.default_config()}
+    loss_cfg = {**default_loss_config(), "objective": "diffusion"}
     inputs = {
         "patches": jnp.zeros((B, N, 48), jnp.uint8),
         "coords": jnp.zeros((B, N, 2), jnp.int32),

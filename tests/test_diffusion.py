@@ -8,12 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from naraim import diffusion
 from naraim.data.pipeline import make_train_iterator
 from naraim.errors import UserError
 from naraim.model.model import make_model
+from naraim.objectives import diffusion
+from naraim.objectives.config import default_loss_config, validate_loss_config
+from naraim.objectives.mse import per_patch_error
+from naraim.objectives.targets import patch_targets
 from naraim.train.config import validate_pretrain_config
-from naraim.train.loss import patch_targets, per_patch_error
 from naraim.train.mesh import global_batch, make_mesh
 from naraim.train.optimizer import make_optimizer
 from naraim.train.step import init_state, make_train_step
@@ -64,21 +66,27 @@ def test_no_noise_reduces_to_mse_objective(monkeypatch, norm_pix):
         "grid": jnp.array([[2, 3]] * 2, jnp.int32),
         "length": jnp.array([6, 4], jnp.int32),
     }
-    loss_cfg = {"norm_pix": norm_pix, "objective": "diffusion", "diffusion": CFG}
+    loss_cfg = {**default_loss_config(), "norm_pix": norm_pix, "objective": "diffusion", "diffusion": CFG}
     params = model.init(jax.random.key(0), inputs, head_inputs=diffusion.init_head_inputs(loss_cfg, 2, 6, 48))
     err = diffusion.denoising_error(model, params["params"], inputs, jax.random.key(1), loss_cfg)
-    targets = patch_targets(inputs["patches"], norm_pix)
+    targets = patch_targets(inputs["patches"], norm_pix, "symmetric")
     clean_inputs = {"noisy": targets, "gamma": jnp.ones((2, 6))}
     pred = model.apply(params, inputs, head_inputs=clean_inputs)["pred"]
-    np.testing.assert_allclose(err, per_patch_error(pred, inputs["patches"], norm_pix), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        err, per_patch_error(pred, inputs["patches"], norm_pix, "symmetric"), rtol=1e-5, atol=1e-6
+    )
+
+
+def loss_config(**overrides):
+    return {**default_loss_config(), "diffusion": CFG, **overrides}
 
 
 def test_validate_objective_pairs_head_and_objective():
-    diffusion.validate_objective({"objective": "mse"}, "linear")
-    diffusion.validate_objective({"objective": "diffusion", "diffusion": CFG}, "denoising")
+    validate_loss_config(loss_config(objective="mse"), "linear")
+    validate_loss_config(loss_config(objective="diffusion"), "denoising")
     for objective, head in [("mse", "denoising"), ("diffusion", "linear"), ("l1", "linear")]:
         with pytest.raises(UserError, match="loss.objective"):
-            diffusion.validate_objective({"objective": objective, "diffusion": CFG}, head)
+            validate_loss_config(loss_config(objective=objective), head)
 
 
 def test_predicted_x0_inverts_eps_parameterisation():
@@ -105,9 +113,14 @@ def test_ddpm_posterior_has_forward_marginals():
 
 def test_validate_config_rejects_bad_values():
     with pytest.raises(UserError, match="beta_a"):
-        diffusion.validate_config(dict(CFG, beta_a=0.0))
+        validate_loss_config(loss_config(objective="diffusion", diffusion=dict(CFG, beta_a=0.0)), "denoising")
     with pytest.raises(UserError, match="predict"):
-        diffusion.validate_config(dict(CFG, predict="v"))
+        validate_loss_config(
+            loss_config(objective="diffusion", diffusion=dict(CFG, predict="v")), "denoising"
+        )
+    for key in ("average", "raw_scale"):
+        with pytest.raises(UserError, match=f"loss.{key}"):
+            validate_loss_config(loss_config(**{key: "bogus"}), "linear")
     with pytest.raises(UserError, match="num_steps"):
         diffusion.sampling_signal_levels(0)
 

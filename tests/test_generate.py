@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from probe_helpers import pretrain_workdir
 
-from naraim import diffusion
 from naraim.errors import UserError
 from naraim.generate import (
     completion_images,
@@ -17,6 +16,8 @@ from naraim.generate import (
     save_completion_grid,
 )
 from naraim.model.model import make_model
+from naraim.objectives import diffusion
+from naraim.objectives.config import default_loss_config
 
 B, N, P = 3, 12, 4
 K = P * P * 3
@@ -32,7 +33,8 @@ def config(objective, attention="causal", sos=True):
         head="denoising" if objective == "diffusion" else "linear",
         denoiser=dict(depth=1, width=32, heads=2, mlp_ratio=2.0),
     )
-    cfg.loss = dict(norm_pix=False, objective=objective, diffusion=diffusion.default_config())
+    cfg.loss = default_loss_config()
+    cfg.loss.update(norm_pix=False, objective=objective)
     cfg.loss.diffusion.append_gamma = True
     return cfg
 

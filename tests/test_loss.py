@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from naraim.train.loss import loss_weights, next_patch_loss, patch_targets, unnormalize
+from naraim.objectives.mse import loss_weights, next_patch_loss
+from naraim.objectives.targets import patch_targets, unnormalize
 from naraim.train.step import draw_prefix
 
 
@@ -14,6 +15,30 @@ def test_norm_pix_targets_are_standardised_per_patch():
     np.testing.assert_allclose(t.std(-1), 1.0, atol=1e-3)
     raw = patch_targets(patches, norm_pix=False)
     np.testing.assert_allclose(raw, np.asarray(patches, np.float32) / 255 * 2 - 1, atol=1e-6)
+
+
+def test_unit_raw_targets_are_pixels_in_0_1():
+    """NARAIM's no_norm row: raw pixels / 255, in [0, 1] (the reference), not [-1, 1]."""
+    patches = jnp.asarray([[[0, 51, 255]]], jnp.uint8)
+    unit = np.asarray(patch_targets(patches, norm_pix=False, raw_scale="unit"))
+    np.testing.assert_allclose(unit, [[[0.0, 0.2, 1.0]]], atol=1e-7)
+    assert unit.min() >= 0 and unit.max() <= 1
+
+
+def test_per_image_and_per_patch_means_by_hand():
+    """Image 0 has 4 targets with error 1 each, image 1 has 1 target with error 4."""
+    patches = jnp.zeros((2, 6, 3), jnp.uint8)
+    w = loss_weights(jnp.array([6, 3]), jnp.array([2, 2]), 6)  # targets 2..5 and 2
+    pred = jnp.zeros((2, 6, 3)).at[0].set(1.0).at[1].set(2.0)  # raw unit targets are 0
+    per_patch = float(next_patch_loss(pred, patches, w, False, "unit", "per_patch"))
+    per_image = float(next_patch_loss(pred, patches, w, False, "unit", "per_image"))
+    assert per_patch == pytest.approx((4 * 1 + 1 * 4) / 5)
+    assert per_image == pytest.approx((1 + 4) / 2)
+    # an image without targets (length 1) is left out of the per-image mean
+    w3 = jnp.concatenate([w, jnp.zeros((1, 6))])
+    pred3 = jnp.concatenate([pred, jnp.full((1, 6, 3), 9.0)])
+    patches3 = jnp.zeros((3, 6, 3), jnp.uint8)
+    assert float(next_patch_loss(pred3, patches3, w3, False, "unit", "per_image")) == pytest.approx(2.5)
 
 
 def test_weights_cover_predicted_real_patches_only():
@@ -48,8 +73,8 @@ def test_prefix_lengths_in_range():
 
 
 @pytest.mark.parametrize("norm_pix", [True, False])
-def test_unnormalize_inverts_patch_targets(norm_pix):
-
+@pytest.mark.parametrize("raw_scale", ["unit", "symmetric"])
+def test_unnormalize_inverts_patch_targets(norm_pix, raw_scale):
     patches = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 3, 12)), jnp.uint8)
-    pixels = unnormalize(patch_targets(patches, norm_pix), patches, norm_pix)
+    pixels = unnormalize(patch_targets(patches, norm_pix, raw_scale), patches, norm_pix, raw_scale)
     np.testing.assert_allclose(pixels, patches.astype(np.float32) / 255.0, atol=1e-5)

@@ -8,6 +8,7 @@ from naraim.model import posemb, sizes
 from naraim.model.attention import ATTENTION_MODES
 
 DTYPES = ("float32", "bfloat16")
+HEADS = ("linear", "mlp", "denoising")  # pre-training heads (naraim.model.model.make_head)
 # Rematerialisation policies by name (attributes of jax.checkpoint_policies that take no arguments).
 REMAT_POLICIES = (
     "nothing_saveable",
@@ -67,8 +68,6 @@ def _fail(key: str, value, allowed) -> None:
 
 def validate_model_config(cfg, patch_size: int, max_tokens: int) -> None:
     """Raises UserError naming the key and the fix for any bad model.* value."""
-    from naraim.model.model import HEADS
-
     cfg = resolve_model_config(cfg)
     size = sizes.get_size(cfg.variant)
     if size["patch"] != patch_size:

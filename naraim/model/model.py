@@ -5,13 +5,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from naraim.model.config import resolve_model_config
+from naraim.model.config import HEADS, resolve_model_config
 from naraim.model.denoiser import make_denoiser
 from naraim.model.heads import LinearHead, MLPHead
 from naraim.model.sizes import get_size
 from naraim.model.vit import make_backbone
 
-HEADS = ("linear", "mlp", "denoising")
+MODEL_INPUTS = ("patches", "coords", "grid", "length")  # the batch-contract keys the model reads
 
 
 def make_head(cfg: ml_collections.ConfigDict) -> nn.Module:

@@ -10,11 +10,11 @@ import flax.linen as nn
 import jax
 from ml_collections import ConfigDict
 
+from naraim.model.model import MODEL_INPUTS
 from naraim.model.probe_head import probe_features
 from naraim.model.sizes import get_size
 from naraim.model.vit import ViT, make_backbone
 from naraim.probe.heads import make_head
-from naraim.train.step import MODEL_INPUTS
 
 
 @dataclasses.dataclass(frozen=True)

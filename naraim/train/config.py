@@ -4,18 +4,20 @@ heavy starts)."""
 import jax
 import ml_collections
 
-from naraim import diffusion
 from naraim.data.config import default_data_config, validate_data_config
 from naraim.errors import UserError
 from naraim.model.config import default_model_config, validate_model_config
 from naraim.model.sizes import patch_size
+from naraim.objectives.config import default_loss_config, validate_loss_config
 
 WANDB_MODES = ("disabled", "offline", "online")
-SCHEDULES = ("naraim", "cosine", "constant")
+SCHEDULES = ("naraim", "naraim_ref", "cosine", "constant")
+DECAY_MASKS = ("kernels", "all")
 
 
 def default_pretrain_config() -> ml_collections.ConfigDict:
-    """Every key of a pre-training run with the NARAIM reference defaults (NOTES.md)."""
+    """Every key of a pre-training run with the library's defaults; the paper configs (configs/*.py) set the
+    papers' values (docs/reproducing.md)."""
     cfg = ml_collections.ConfigDict()
     cfg.variant = ""  # name of the config file's variant (set by apply_variant)
     cfg.seed = 0
@@ -33,22 +35,24 @@ def default_pretrain_config() -> ml_collections.ConfigDict:
     cfg.data = default_data_config()
 
     cfg.optim = ml_collections.ConfigDict()
-    cfg.optim.schedule = "naraim"  # 'naraim' | 'cosine' | 'constant'
+    # 'naraim': warmup, exponential decay to lr * decay_rate at the end, times a linear ramp over the
+    # cooldown; 'naraim_ref': the reference code's formula (naraim/train/schedules.py); 'cosine'; 'constant'
+    cfg.optim.schedule = "naraim"
     cfg.optim.lr = 1e-3
     cfg.optim.warmup_steps = 5_000
-    cfg.optim.decay_rate = 0.1  # naraim: lr reaches lr * decay_rate at the end of the run
-    cfg.optim.cooldown_steps = 10_000  # naraim: linear ramp to 0 over the last steps
-    cfg.optim.end_lr = 0.0  # cosine
+    cfg.optim.decay_rate = 0.1  # naraim, naraim_ref: the exponential decays to lr * decay_rate
+    cfg.optim.cooldown_steps = 10_000  # naraim, naraim_ref: linear ramp down over the last steps
+    cfg.optim.end_lr = 0.0  # cosine: final lr; naraim_ref: floor of the cooldown
     cfg.optim.b1 = 0.9
     cfg.optim.b2 = 0.98
     cfg.optim.eps = 1e-8
     cfg.optim.weight_decay = 0.01
+    cfg.optim.decay = (
+        "kernels"  # weight decay on 'kernels' (Dense kernels outside position embeddings) | 'all'
+    )
     cfg.optim.clip_norm = 1.0  # 0: no clipping
 
-    cfg.loss = ml_collections.ConfigDict()
-    cfg.loss.norm_pix = True
-    cfg.loss.objective = "mse"  # 'mse' | 'diffusion' (DARL; with model.head='denoising')
-    cfg.loss.diffusion = diffusion.default_config()
+    cfg.loss = default_loss_config()
 
     cfg.mesh = ml_collections.ConfigDict()
     cfg.mesh.fsdp = False  # shard params and optimizer state over the data axis
@@ -99,7 +103,9 @@ def validate_pretrain_config(cfg: ml_collections.ConfigDict, num_devices: int | 
             f"optim.warmup_steps + optim.cooldown_steps = {cfg.optim.warmup_steps + cooldown} "
             f"exceed total_steps={cfg.total_steps}; shorten them or train longer"
         )
-    diffusion.validate_objective(cfg.loss, cfg.model.head)
+    if cfg.optim.decay not in DECAY_MASKS:
+        raise UserError(f"optim.decay={cfg.optim.decay!r}; use one of {', '.join(DECAY_MASKS)}")
+    validate_loss_config(cfg.loss, cfg.model.head)
     if cfg.wandb.mode not in WANDB_MODES:
         raise UserError(f"wandb.mode={cfg.wandb.mode!r}; use one of {', '.join(WANDB_MODES)}")
     if cfg.eval.batch_size % num_devices:

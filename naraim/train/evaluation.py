@@ -15,14 +15,15 @@ import numpy as np
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from naraim import diffusion
 from naraim.data import orderings
 from naraim.data.pipeline import make_eval_iterator
+from naraim.model.model import MODEL_INPUTS
 from naraim.model.sizes import patch_size
+from naraim.objectives import diffusion
+from naraim.objectives.mse import loss_weights, per_patch_error
+from naraim.objectives.targets import unnormalize
 from naraim.train import plots
-from naraim.train.loss import loss_weights, per_patch_error, unnormalize
 from naraim.train.mesh import global_batch, replicated
-from naraim.train.step import MODEL_INPUTS
 
 
 def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_sharding) -> Callable:
@@ -32,7 +33,7 @@ def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_shardin
     bins = cfg.eval.error_map_bins
     n_img = cfg.eval.num_images
     first = 0 if cfg.model.get("sos_token", False) else 1
-    norm_pix = cfg.loss.norm_pix
+    norm_pix, raw_scale = cfg.loss.norm_pix, cfg.loss.raw_scale
 
     def eval_step(params, batch):
         inputs = {k: batch[k] for k in MODEL_INPUTS}
@@ -44,7 +45,7 @@ def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_shardin
             pred = diffusion.pure_noise_prediction(model, params, inputs, rng, cfg.loss, **kw)
         else:
             pred = model.apply({"params": params}, inputs, attention="causal")["pred"]
-            err = per_patch_error(pred, inputs["patches"], norm_pix)
+            err = per_patch_error(pred, inputs["patches"], norm_pix, raw_scale)
         n = inputs["patches"].shape[1]
         w = loss_weights(inputs["length"], first, n) * batch["valid"][:, None].astype(jnp.float32)
         rel = jnp.arange(n)[None, :] / inputs["length"][:, None]
@@ -57,7 +58,7 @@ def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_shardin
             "bin_count": onehot.sum((0, 1)),
             "pos_sum": jnp.sum(err * w, 0),
             "pos_count": jnp.sum(w, 0),
-            "pred_pixels": unnormalize(pred[:n_img], inputs["patches"][:n_img], norm_pix),
+            "pred_pixels": unnormalize(pred[:n_img], inputs["patches"][:n_img], norm_pix, raw_scale),
             **{k: inputs[k][:n_img] for k in MODEL_INPUTS},
         }
 

@@ -10,12 +10,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from naraim import diffusion
+from naraim.model.model import MODEL_INPUTS
 from naraim.model.sizes import patch_size
-from naraim.train.loss import loss_weights, per_patch_error
+from naraim.objectives import diffusion
+from naraim.objectives.mse import loss_weights, per_patch_error, target_shares
 from naraim.train.mesh import DATA_AXIS, state_shardings
-
-MODEL_INPUTS = ("patches", "coords", "grid", "length")
 
 
 def dummy_batch(cfg: ConfigDict, batch_size: int) -> dict:
@@ -79,13 +78,14 @@ def make_train_step(
 ) -> Callable:
     """Returns step(state, batch) -> (state, metrics), jitted once with the state donated.
 
-    batch: the global batch contract arrays sharded along 'data'. The loss is the mean per-patch squared
-    error over all weighted targets of the global batch; with cfg.micro_batches = M the batch is split into
-    M strided micro-batches (each spans every device) whose gradients are summed inside a lax.scan. If the
-    loss or the gradient norm is not finite the state is returned unchanged and metrics['finite'] is False.
+    batch: the global batch contract arrays sharded along 'data'. The loss is the per-patch squared error
+    averaged over the targets of the global batch as loss.average says; with cfg.micro_batches = M the batch
+    is split into M strided micro-batches (each spans every device) whose gradients are summed inside a
+    lax.scan. If the loss or the gradient norm is not finite the state is returned unchanged and
+    metrics['finite'] is False.
     """
     num_micro = cfg.micro_batches
-    norm_pix = cfg.loss.norm_pix
+    norm_pix, raw_scale = cfg.loss.norm_pix, cfg.loss.raw_scale
     attention = cfg.model.attention
     sos = bool(cfg.model.get("sos_token", False))
     micro_sharding = NamedSharding(mesh, P(None, DATA_AXIS))
@@ -95,17 +95,16 @@ def make_train_step(
             err = diffusion.denoising_error(model, params, inputs, noise_rng, cfg.loss, prefix_length=prefix)
             return jnp.sum(err * weights)
         out = model.apply({"params": params}, inputs, prefix_length=prefix)
-        return jnp.sum(per_patch_error(out["pred"], inputs["patches"], norm_pix) * weights)
+        return jnp.sum(per_patch_error(out["pred"], inputs["patches"], norm_pix, raw_scale) * weights)
 
     def step(state, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
         inputs = {k: batch[k] for k in MODEL_INPUTS}
         prefix, first = draw_prefix(rng, inputs["length"], attention, sos)
         weights = loss_weights(inputs["length"], first, inputs["patches"].shape[1])
-        count = jnp.maximum(jnp.sum(weights), 1.0)
         # each target's share of the mean: the loss and its gradients come out normalised, with no pass
         # over the gradients to divide them
-        shares = weights / count
+        shares = target_shares(weights, cfg.loss.average)
         grad_fn = jax.value_and_grad(weighted_error)
         noise_rng = jax.random.fold_in(rng, 1)
         if num_micro == 1:
@@ -147,7 +146,7 @@ def make_train_step(
             "grad_norm": grad_norm,
             "lr": schedule(state["step"]),
             "finite": finite,
-            "num_targets": count,
+            "num_targets": jnp.sum(weights),
         }
         return new_state, metrics
 

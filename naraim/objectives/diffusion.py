@@ -12,29 +12,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from naraim.errors import UserError
+from naraim.objectives.targets import patch_targets
 
-OBJECTIVES = ("mse", "diffusion")
 PREDICT_CHOICES = ("x0", "eps")
 # Smallest signal level used when an eps prediction is turned back into x_0 (division by sqrt(g)).
 MIN_GAMMA_FOR_EPS = 1e-3
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """The `loss.diffusion` section: Beta(beta_a, beta_b) signal levels (a < b: mostly heavy noise, which
-    DARL finds best for representations), the decoder's target, and whether g is a decoder input channel."""
-    return ml_collections.ConfigDict(dict(beta_a=1.0, beta_b=3.0, predict="x0", append_gamma=False))
-
-
-def validate_config(diffusion_cfg: Mapping[str, Any]) -> None:
-    """Raises UserError for an unusable `loss.diffusion` section (beta_a, beta_b, predict)."""
-    for key in ("beta_a", "beta_b"):
-        if not float(diffusion_cfg[key]) > 0:
-            raise UserError(f"loss.diffusion.{key}={diffusion_cfg[key]} must be > 0 (Beta distribution)")
-    if diffusion_cfg["predict"] not in PREDICT_CHOICES:
-        raise UserError(f"loss.diffusion.predict={diffusion_cfg['predict']!r}: use one of {PREDICT_CHOICES}")
 
 
 def sample_signal_levels(rng: jax.Array, shape: tuple[int, ...], beta_a: float, beta_b: float) -> jax.Array:
@@ -133,21 +117,6 @@ def ddpm_sample(
     return x0
 
 
-def validate_objective(loss_cfg: Mapping[str, Any], head: str) -> None:
-    """Raises UserError unless loss.objective is 'mse' or 'diffusion' and the head matches it
-    ('denoising' exactly when the objective is 'diffusion')."""
-    objective = loss_cfg["objective"]
-    if objective not in OBJECTIVES:
-        raise UserError(f"loss.objective={objective!r} is not supported: use one of {OBJECTIVES}")
-    if (objective == "diffusion") != (head == "denoising"):
-        raise UserError(
-            f"loss.objective={objective!r} with model.head={head!r}: the diffusion objective needs "
-            "model.head='denoising' and the denoising head needs loss.objective='diffusion'"
-        )
-    if objective == "diffusion":
-        validate_config(loss_cfg["diffusion"])
-
-
 def init_head_inputs(loss_cfg: Mapping[str, Any], batch_size: int, num_tokens: int, patch_dim: int):
     """Zero head inputs of the run's static shapes for model.init (None for the MSE objective)."""
     if loss_cfg["objective"] != "diffusion":
@@ -168,9 +137,7 @@ def denoising_error(
     """The diffusion objective per patch: float32 [B,N] mean-over-subpixels squared error of the decoder
     output against x_0 (or eps) for targets corrupted with per-patch g ~ Beta(a, b).
     kwargs go to model.apply (attention, prefix_length)."""
-    from naraim.train.loss import patch_targets
-
-    targets = patch_targets(inputs["patches"], loss_cfg["norm_pix"])
+    targets = patch_targets(inputs["patches"], loss_cfg["norm_pix"], loss_cfg["raw_scale"])
     extra, regression_target = corrupt_targets(rng, targets, loss_cfg["diffusion"])
     pred = model.apply({"params": params}, inputs, head_inputs=extra, **kwargs)["pred"]
     return jnp.mean(jnp.square(pred - regression_target), axis=-1)

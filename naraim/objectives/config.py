@@ -1,0 +1,51 @@
+"""The `loss.*` section of a pre-training config: defaults and validation."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from naraim.errors import UserError
+from naraim.objectives.diffusion import PREDICT_CHOICES
+from naraim.objectives.mse import AVERAGES
+from naraim.objectives.targets import RAW_SCALES
+
+OBJECTIVES = ("mse", "diffusion")
+
+
+def default_loss_config() -> ml_collections.ConfigDict:
+    """Every `loss.*` key with its default (configs/naraim_b14.py sets the NARAIM reference's values)."""
+    cfg = ml_collections.ConfigDict()
+    cfg.objective = "mse"  # 'mse' | 'diffusion' (DARL; with model.head='denoising')
+    cfg.norm_pix = True  # targets: each patch standardised over its pixels; else raw pixels
+    cfg.raw_scale = "symmetric"  # raw targets (norm_pix False) in [-1, 1] ('symmetric') or [0, 1] ('unit')
+    cfg.average = "per_patch"  # 'per_patch': one mean over the batch's targets | 'per_image': mean per image,
+    # then over the images (the NARAIM reference)
+    # DARL: per-patch signal levels g ~ Beta(beta_a, beta_b) (a < b: mostly heavy noise, which DARL finds best
+    # for representations), the decoder's target, and whether g is an extra decoder input channel
+    cfg.diffusion = ml_collections.ConfigDict(dict(beta_a=1.0, beta_b=3.0, predict="x0", append_gamma=False))
+    return cfg
+
+
+def validate_loss_config(loss_cfg: Mapping[str, Any], head: str) -> None:
+    """Raises UserError for a bad `loss.*` value, or an objective that does not match model.head
+    ('denoising' exactly when the objective is 'diffusion')."""
+    objective = loss_cfg["objective"]
+    if objective not in OBJECTIVES:
+        raise UserError(f"loss.objective={objective!r} is not supported: use one of {OBJECTIVES}")
+    if loss_cfg["raw_scale"] not in RAW_SCALES:
+        raise UserError(f"loss.raw_scale={loss_cfg['raw_scale']!r} is not supported: use one of {RAW_SCALES}")
+    if loss_cfg["average"] not in AVERAGES:
+        raise UserError(f"loss.average={loss_cfg['average']!r} is not supported: use one of {AVERAGES}")
+    if (objective == "diffusion") != (head == "denoising"):
+        raise UserError(
+            f"loss.objective={objective!r} with model.head={head!r}: the diffusion objective needs "
+            "model.head='denoising' and the denoising head needs loss.objective='diffusion'"
+        )
+    if objective == "diffusion":
+        diffusion = loss_cfg["diffusion"]
+        for key in ("beta_a", "beta_b"):
+            if not float(diffusion[key]) > 0:
+                raise UserError(f"loss.diffusion.{key}={diffusion[key]} must be > 0 (Beta distribution)")
+        if diffusion["predict"] not in PREDICT_CHOICES:
+            raise UserError(f"loss.diffusion.predict={diffusion['predict']!r}: use one of {PREDICT_CHOICES}")

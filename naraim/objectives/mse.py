@@ -1,0 +1,48 @@
+"""The next-patch MSE: which targets are in the loss, how they are averaged, the per-patch squared error."""
+
+import jax.numpy as jnp
+
+from naraim.objectives.targets import patch_targets
+
+AVERAGES = ("per_image", "per_patch")
+
+
+def loss_weights(length, first, num_tokens: int):
+    """float32 [B,N]: 1 where target j is in the loss, i.e. first[b] <= j < length[b].
+
+    length int32 [B] real patches; first int32 [B] (or scalar) first predicted target: the prefix length for
+    prefix-causal attention, 1 for causal without an SOS token, 0 with one.
+    """
+    j = jnp.arange(num_tokens)[None, :]
+    first = jnp.broadcast_to(jnp.asarray(first, jnp.int32), length.shape)
+    return ((j < length[:, None]) & (j >= first[:, None])).astype(jnp.float32)
+
+
+def target_shares(weights, average: str):
+    """float32 [B,N]: each target's share of the batch loss, summing to 1 (0 if no target is weighted).
+
+    weights [B,N] from loss_weights. 'per_patch': one mean over every weighted target of the batch (long
+    images weigh more); 'per_image': the mean over each image's targets, then the mean over the images that
+    have targets (the NARAIM reference).
+    """
+    if average == "per_patch":
+        return weights / jnp.maximum(jnp.sum(weights), 1.0)
+    if average != "per_image":
+        raise ValueError(f"unknown loss average {average!r}; expected one of {AVERAGES}")
+    per_image = jnp.sum(weights, axis=1, keepdims=True)
+    images = jnp.maximum(jnp.sum(per_image > 0), 1)
+    return weights / (jnp.maximum(per_image, 1.0) * images)
+
+
+def per_patch_error(pred, patches, norm_pix: bool, raw_scale: str = "symmetric"):
+    """float32 [B,N]: mean over the K sub-pixels of the squared error between pred [B,N,K] and the target."""
+    target = patch_targets(patches, norm_pix, raw_scale)
+    return jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)
+
+
+def next_patch_loss(
+    pred, patches, weights, norm_pix: bool, raw_scale: str = "symmetric", average: str = "per_patch"
+):
+    """Scalar: the per-patch errors averaged by target_shares(weights, average)."""
+    err = per_patch_error(pred, patches, norm_pix, raw_scale)
+    return jnp.sum(err * target_shares(weights, average))
