@@ -6,7 +6,7 @@ import os
 import ml_collections
 
 from naraim.data import orderings, synthetic
-from naraim.data.transforms import TRANSFORM_NAMES
+from naraim.data.transforms import NATIVE_CROPS, NATIVE_GRIDS, RESAMPLES, TRANSFORM_NAMES
 from naraim.errors import UserError
 
 # Transforms whose output sides are multiples of the patch size.
@@ -38,6 +38,19 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.crop_scale = (0.4, 1.0)
     cfg.crop_ratio = (3 / 4, 4 / 3)
     cfg.horizontal_flip_prob = 0.5
+    # Resampling of every resize: 'box_bilinear' (BOX shrinking, BILINEAR enlarging) | 'bicubic' (the papers')
+    cfg.resample = "box_bilinear"
+    # native_aspect_ratio_resize: grid 'exact' | 'reference' (the NARAIM code's integer truncation); crop
+    # 'center' (the NARAIM code) | 'top_left' (the NARAIM paper's text)
+    cfg.native_grid = "exact"
+    cfg.native_crop = "center"
+    # color_jitter transform: torchvision ColorJitter(brightness, contrast, saturation, hue), with probability
+    cfg.color_jitter = (0.4, 0.4, 0.2, 0.1)
+    cfg.color_jitter_prob = 0.8
+    # rand_augment transform: timm's rand-m9-mstd0.5 (num_ops 2, each applied with probability prob)
+    cfg.rand_augment = ml_collections.ConfigDict(dict(num_ops=2, magnitude=9.0, magnitude_std=0.5, prob=0.5))
+    # decode large JPEGs at a reduced DCT scale that keeps the pixels the transforms need (False: full size)
+    cfg.jpeg_draft = True
     # folder:PATH without split folders: fraction of each class held out as the validation split.
     cfg.holdout_fraction = 0.1
     cfg.holdout_seed = 0
@@ -116,6 +129,30 @@ def validate_data_config(cfg: ml_collections.ConfigDict, patch_size: int) -> Non
     lo, hi = cfg.crop_ratio
     if not 0 < lo <= hi:
         raise UserError(f"data.crop_ratio={tuple(cfg.crop_ratio)} must satisfy 0 < lo <= hi")
+    for key, allowed in (
+        ("resample", RESAMPLES),
+        ("native_grid", NATIVE_GRIDS),
+        ("native_crop", NATIVE_CROPS),
+    ):
+        if cfg[key] not in allowed:
+            raise UserError(f"data.{key}={cfg[key]!r} is not supported: use one of {', '.join(allowed)}")
+    jitter = tuple(float(x) for x in cfg.color_jitter)
+    if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5 or not 0 <= cfg.color_jitter_prob <= 1:
+        raise UserError(
+            f"data.color_jitter={tuple(cfg.color_jitter)} needs 4 values >= 0 (brightness, contrast, "
+            f"saturation, hue <= 0.5) and data.color_jitter_prob={cfg.color_jitter_prob} a value in [0, 1]"
+        )
+    ra = cfg.rand_augment
+    if (
+        int(ra.num_ops) < 0
+        or not 0 <= float(ra.magnitude) <= 10
+        or ra.magnitude_std < 0
+        or not 0 <= ra.prob <= 1
+    ):
+        raise UserError(
+            f"data.rand_augment needs num_ops >= 0, magnitude in [0, 10], magnitude_std >= 0 and prob in "
+            f"[0, 1]; got {dict(ra)}"
+        )
     if not 0 < float(cfg.holdout_fraction) < 1:
         raise UserError(f"data.holdout_fraction={cfg.holdout_fraction} must be strictly between 0 and 1")
     syn = cfg.synthetic

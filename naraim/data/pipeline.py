@@ -137,6 +137,12 @@ def _loader(
             crop_scale=data_cfg.crop_scale,
             crop_ratio=data_cfg.crop_ratio,
             flip_prob=float(data_cfg.horizontal_flip_prob),
+            resample=data_cfg.resample,
+            native_grid=data_cfg.native_grid,
+            native_crop=data_cfg.native_crop,
+            jitter=tuple(data_cfg.color_jitter),
+            jitter_prob=float(data_cfg.color_jitter_prob),
+            rand_augment_args=dict(data_cfg.rand_augment),
         )
         for t in names
     )
@@ -146,7 +152,7 @@ def _loader(
         patch_size=patch_size,
         max_tokens=n,
         seed=int(seed),
-        min_area=min_source_pixels(tuple(names), s, data_cfg.crop_scale),
+        min_area=min_source_pixels(tuple(names), s, data_cfg.crop_scale) if data_cfg.jpeg_draft else 0,
         ordering=data_cfg.ordering,
     )
 

@@ -10,6 +10,12 @@ Geometry (S = image_size, P = patch_size, N = max_tokens):
 - random_resized_crop: AIM training, the crop squashed to S x S.
 - resize_shorter_center_crop: AIM evaluation, shorter side to 256*S/224, then the central S x S.
 - horizontal_flip: mirrors with probability flip_prob.
+- color_jitter, rand_augment: photometric / RandAugment augmentations (naraim.data.augment).
+
+Resampling ('resample'): 'box_bilinear' (PIL BOX when shrinking, BILINEAR when enlarging) or 'bicubic'
+(PIL BICUBIC, antialiased when shrinking; the NARAIM reference's and AIM's). native_aspect_ratio_resize's
+grid: 'exact' (scale S/sqrt(h*w), then floor) or 'reference' (the NARAIM code: height int(S*sqrt(h/w)),
+width int(S*S/height)); its crop: 'center' (the reference code) or 'top_left' (the paper's text).
 """
 
 import functools
@@ -19,6 +25,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from naraim.data.augment import color_jitter, rand_augment
+
 Transform = Callable[[Image.Image, np.random.Generator], Image.Image]
 TRANSFORM_NAMES = (
     "native_aspect_ratio_resize",
@@ -27,43 +35,50 @@ TRANSFORM_NAMES = (
     "random_resized_crop",
     "resize_shorter_center_crop",
     "horizontal_flip",
+    "color_jitter",
+    "rand_augment",
 )
-RANDOM_TRANSFORMS = ("random_crop_native", "random_resized_crop", "horizontal_flip")
+RANDOM_TRANSFORMS = (
+    "random_crop_native",
+    "random_resized_crop",
+    "horizontal_flip",
+    "color_jitter",
+    "rand_augment",
+)
+RESAMPLES = ("box_bilinear", "bicubic")
+NATIVE_GRIDS = ("exact", "reference")
+NATIVE_CROPS = ("center", "top_left")
 
 
 def _resize_box(
-    image: Image.Image, size_hw: tuple[int, int], box: tuple[float, float, float, float]
+    image: Image.Image,
+    size_hw: tuple[int, int],
+    box: tuple[float, float, float, float],
+    resample: str = "box_bilinear",
 ) -> Image.Image:
     """Resizes the source region box=(x0, y0, x1, y1) (pixels, floats allowed) to size_hw=(h, w).
 
-    Shrinking uses area averaging (PIL's BOX filter, like OpenCV's INTER_AREA: antialiased and about a third
-    cheaper than PIL's antialiased bilinear); enlarging uses bilinear interpolation.
+    'box_bilinear': shrinking uses area averaging (PIL's BOX filter, like OpenCV's INTER_AREA: antialiased
+    and about a third cheaper than PIL's antialiased bilinear), enlarging bilinear interpolation. 'bicubic':
+    PIL's BICUBIC (antialiased when shrinking). Resizing a box gives the pixels of resizing the whole image
+    to the matching scale and cropping: PIL places the filter at the same source positions.
     """
     h, w = size_hw
     iw, ih = image.size
     x0, y0, x1, y1 = box  # clamped: rounding may reach a fraction of a pixel outside the image
     box = (max(0.0, x0), max(0.0, y0), min(float(iw), x1), min(float(ih), y1))
+    if resample == "bicubic":
+        return image.resize((w, h), Image.BICUBIC, box=box)
     shrink = w <= box[2] - box[0] and h <= box[3] - box[1]
     return image.resize((w, h), Image.BOX if shrink else Image.BILINEAR, box=box)
 
 
-def _grid_box(h: int, w: int, rows: int, cols: int, scale: float, patch_size: int) -> tuple:
-    """Source box of the central (rows*P) x (cols*P) crop of the image scaled by `scale`."""
-    ch, cw = rows * patch_size / scale, cols * patch_size / scale
-    y0, x0 = (h - ch) / 2, (w - cw) / 2
-    return (x0, y0, x0 + cw, y0 + ch)
-
-
-def native_aspect_ratio_resize(
-    image: Image.Image, rng: np.random.Generator, *, image_size: int, patch_size: int, max_tokens: int
-) -> Image.Image:
-    """About image_size**2 pixels, same width/height, centrally cropped to multiples of patch_size.
+def _exact_grid(h: int, w: int, image_size: int, patch_size: int, max_tokens: int) -> tuple[int, int, float]:
+    """(rows, cols, scale): the image scaled by `scale` to about image_size**2 pixels, floored to patches.
 
     An image so elongated that its shorter side would fall below one patch gets one patch across, and the
-    central part of its longer side that fits max_tokens patches.
+    part of its longer side that fits max_tokens patches.
     """
-    del rng
-    w, h = image.size
     scale = image_size / math.sqrt(h * w)
     clamped = scale < patch_size / min(h, w)
     if clamped:
@@ -75,9 +90,49 @@ def native_aspect_ratio_resize(
             rows = max(1, max_tokens // cols)
         else:
             cols = max(1, max_tokens // rows)
-    return _resize_box(
-        image, (rows * patch_size, cols * patch_size), _grid_box(h, w, rows, cols, scale, patch_size)
-    )
+    return rows, cols, scale
+
+
+def reference_resize_shape(h: int, w: int, image_size: int) -> tuple[int, int]:
+    """(height, width) the NARAIM reference resizes an h x w image to before cropping to patches.
+
+    Its float32 arithmetic: height = int(S * float32(sqrt(h / w))), width = int(S*S / float32(height)).
+    """
+    sqrt_ratio = np.float32(math.sqrt(h / w))
+    height = int(np.float32(image_size) * sqrt_ratio)
+    width = int(np.float32(image_size * image_size) / np.float32(max(height, 1)))
+    return height, width
+
+
+def native_aspect_ratio_resize(
+    image: Image.Image,
+    rng: np.random.Generator,
+    *,
+    image_size: int,
+    patch_size: int,
+    max_tokens: int,
+    resample: str = "box_bilinear",
+    grid: str = "exact",
+    crop: str = "center",
+) -> Image.Image:
+    """About image_size**2 pixels, about the same width/height, cropped to multiples of patch_size ('center'
+    or 'top_left'); at most max_tokens patches. grid 'exact' or 'reference': see the module docstring (an
+    image too elongated for the reference's formula to give one patch across uses 'exact')."""
+    del rng
+    w, h = image.size
+    rh, rw = reference_resize_shape(h, w, image_size) if grid == "reference" else (0, 0)
+    if min(rh, rw) >= patch_size:  # the reference resizes to rw x rh, then crops
+        rows, cols = rh // patch_size, rw // patch_size
+        sy, sx = h / rh, w / rw
+        ch, cw = rows * patch_size * sy, cols * patch_size * sx
+        y0 = (rh - rows * patch_size) // 2 * sy if crop == "center" else 0.0
+        x0 = (rw - cols * patch_size) // 2 * sx if crop == "center" else 0.0
+    else:
+        rows, cols, scale = _exact_grid(h, w, image_size, patch_size, max_tokens)
+        ch, cw = rows * patch_size / scale, cols * patch_size / scale
+        y0, x0 = ((h - ch) / 2, (w - cw) / 2) if crop == "center" else (0.0, 0.0)
+    box = (x0, y0, x0 + cw, y0 + ch)
+    return _resize_box(image, (rows * patch_size, cols * patch_size), box, resample)
 
 
 def _budget_grid(short: int, long: int, max_tokens: int) -> tuple[int, int, float]:
@@ -92,7 +147,12 @@ def _budget_grid(short: int, long: int, max_tokens: int) -> tuple[int, int, floa
 
 
 def fit_to_token_budget(
-    image: Image.Image, rng: np.random.Generator, *, patch_size: int, max_tokens: int
+    image: Image.Image,
+    rng: np.random.Generator,
+    *,
+    patch_size: int,
+    max_tokens: int,
+    resample: str = "box_bilinear",
 ) -> Image.Image:
     """Resizes to the largest rows x cols patch grid with rows*cols <= max_tokens and cols/rows ~ W/H."""
     del rng
@@ -103,7 +163,7 @@ def fit_to_token_budget(
     else:
         cols, rows, kept = _budget_grid(w, h, max_tokens)
         box = (0.0, (h - kept) / 2, float(w), (h + kept) / 2)
-    return _resize_box(image, (rows * patch_size, cols * patch_size), box)
+    return _resize_box(image, (rows * patch_size, cols * patch_size), box, resample)
 
 
 def _sample_crop(
@@ -147,6 +207,7 @@ def random_resized_crop(
     image_size: int,
     scale: Sequence[float] = (0.4, 1.0),
     ratio: Sequence[float] = (3 / 4, 4 / 3),
+    resample: str = "box_bilinear",
 ) -> Image.Image:
     """AIM training crop squashed to image_size x image_size (torchvision's RandomResizedCrop)."""
     w, h = image.size
@@ -158,11 +219,11 @@ def random_resized_crop(
         y0, x0 = (h - ch) / 2, (w - cw) / 2
     else:
         y0, x0, ch, cw = crop
-    return _resize_box(image, (image_size, image_size), (x0, y0, x0 + cw, y0 + ch))
+    return _resize_box(image, (image_size, image_size), (x0, y0, x0 + cw, y0 + ch), resample)
 
 
 def resize_shorter_center_crop(
-    image: Image.Image, rng: np.random.Generator, *, image_size: int
+    image: Image.Image, rng: np.random.Generator, *, image_size: int, resample: str = "box_bilinear"
 ) -> Image.Image:
     """AIM evaluation: shorter side to round(256*S/224), then the central S x S."""
     del rng
@@ -170,7 +231,7 @@ def resize_shorter_center_crop(
     f = round(256 * image_size / 224) / min(h, w)
     side = image_size / f  # the S x S output in source pixels
     y0, x0 = (h - side) / 2, (w - side) / 2
-    return _resize_box(image, (image_size, image_size), (x0, y0, x0 + side, y0 + side))
+    return _resize_box(image, (image_size, image_size), (x0, y0, x0 + side, y0 + side), resample)
 
 
 def horizontal_flip(image: Image.Image, rng: np.random.Generator, *, prob: float = 0.5) -> Image.Image:
@@ -187,24 +248,41 @@ def make_transform(
     crop_scale: Sequence[float] = (0.4, 1.0),
     crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
     flip_prob: float = 0.5,
+    resample: str = "box_bilinear",
+    native_grid: str = "exact",
+    native_crop: str = "center",
+    jitter: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
+    jitter_prob: float = 0.8,
+    rand_augment_args: dict | None = None,
 ) -> Transform:
-    """The transform called `name` with its geometry bound (a picklable partial)."""
+    """The transform called `name` with its geometry and parameters bound (a picklable partial)."""
     scale, ratio = tuple(crop_scale), tuple(crop_ratio)
+    sizing = dict(resample=resample)
     bound = {
         "native_aspect_ratio_resize": functools.partial(
-            native_aspect_ratio_resize, image_size=image_size, patch_size=patch_size, max_tokens=max_tokens
+            native_aspect_ratio_resize,
+            image_size=image_size,
+            patch_size=patch_size,
+            max_tokens=max_tokens,
+            grid=native_grid,
+            crop=native_crop,
+            **sizing,
         ),
         "fit_to_token_budget": functools.partial(
-            fit_to_token_budget, patch_size=patch_size, max_tokens=max_tokens
+            fit_to_token_budget, patch_size=patch_size, max_tokens=max_tokens, **sizing
         ),
         "random_crop_native": functools.partial(
             random_crop_native, image_size=image_size, scale=scale, ratio=ratio
         ),
         "random_resized_crop": functools.partial(
-            random_resized_crop, image_size=image_size, scale=scale, ratio=ratio
+            random_resized_crop, image_size=image_size, scale=scale, ratio=ratio, **sizing
         ),
-        "resize_shorter_center_crop": functools.partial(resize_shorter_center_crop, image_size=image_size),
+        "resize_shorter_center_crop": functools.partial(
+            resize_shorter_center_crop, image_size=image_size, **sizing
+        ),
         "horizontal_flip": functools.partial(horizontal_flip, prob=flip_prob),
+        "color_jitter": functools.partial(color_jitter, strength=tuple(jitter), prob=jitter_prob),
+        "rand_augment": functools.partial(rand_augment, **dict(rand_augment_args or {})),
     }
     if name not in bound:
         raise ValueError(f"unknown transform {name!r}; known: {', '.join(bound)}")
@@ -212,10 +290,10 @@ def make_transform(
 
 
 def draws_randomness(names: Sequence[str], flip_prob: float) -> bool:
-    """Whether the transforms `names` draw from the rng (a flip with probability 0 does not)."""
+    """Whether the transforms `names` change with the rng (a flip with probability 0 does not)."""
     random = set(names) & set(RANDOM_TRANSFORMS)
-    if random == {"horizontal_flip"} and float(flip_prob) == 0:
-        return False
+    if float(flip_prob) == 0:
+        random.discard("horizontal_flip")
     return bool(random)
 
 
@@ -229,7 +307,8 @@ def apply_transforms(
 
 
 def min_source_pixels(names: Sequence[str], image_size: int, crop_scale: Sequence[float]) -> int:
-    """Source pixels the transforms need at full quality (lets the decoder downscale larger JPEGs)."""
+    """Source pixels the transforms need at full quality (lets the decoder downscale larger JPEGs); 0 when
+    that depends on the image (decode at full resolution)."""
     area = image_size * image_size
     if "random_crop_native" in names or "random_resized_crop" in names:
         area = math.ceil(area / crop_scale[0])

@@ -6,14 +6,12 @@ crosses from host to device. Padding keys (index >= length) are always masked. E
 to itself, so the rows of padding queries are never empty (no NaN); real queries never see padding.
 """
 
-import functools
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from naraim.model import posemb
+from naraim.model.init import dense_kernel_init
 
 ATTENTION_MODES = ("causal", "prefix_causal", "bidirectional")
 
@@ -63,25 +61,21 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     return (out / jnp.sum(weights, axis=-1, keepdims=True)).astype(v.dtype)
 
 
-def _dense_general_init(rng: jax.Array, shape: tuple, dtype, fan_in_axes: int) -> jax.Array:
-    """nn.DenseGeneral's default kernel init for `shape` (lecun_normal of the flattened [in, out] matrix)."""
-    fan_in = math.prod(shape[:fan_in_axes])
-    kernel = nn.initializers.lecun_normal()(rng, (fan_in, math.prod(shape[fan_in_axes:])), dtype)
-    return kernel.reshape(shape)
-
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention: q/k/v projections, optional rotary embedding, attention, output projection.
 
-    Parameters 'qkv' {kernel [D,3,H,Dh], bias [3,H,Dh]} and 'out' {kernel [H,Dh,D], bias [D]} (the layout and
-    init of nn.DenseGeneral). q, k and v each come from their own matmul (a slice of the qkv kernel), in the
-    layout the attention core takes: implementation None or 'xla': dot_product_attention above on
-    [B,H,N,Dh]; 'cudnn': jax.nn.dot_product_attention's cuDNN kernel (GPU, bf16) on [B,N,H,Dh].
+    Parameters 'qkv' {kernel [D,3,H,Dh], bias [3,H,Dh]} and 'out' {kernel [H,Dh,D], bias [D]} (the layout of
+    nn.DenseGeneral; no biases when use_bias is False; kernels by `weight_init`, see naraim.model.init).
+    q, k and v each come from their own matmul (a slice of the qkv kernel), in the layout the attention core
+    takes: implementation None or 'xla': dot_product_attention above on [B,H,N,Dh]; 'cudnn':
+    jax.nn.dot_product_attention's cuDNN kernel (GPU, bf16) on [B,N,H,Dh].
     """
 
     heads: int
     dtype: jnp.dtype = jnp.float32
     implementation: str | None = None
+    use_bias: bool = True
+    weight_init: str = "lecun"
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, rope_angles: jax.Array | None = None) -> jax.Array:
@@ -90,36 +84,48 @@ class SelfAttention(nn.Module):
         if width % self.heads:
             raise ValueError(f"width {width} is not divisible by heads {self.heads}")
         head_dim = width // self.heads
-        qkv_kernel, qkv_bias = _ProjectionParams((width, 3, self.heads, head_dim), 1, name="qkv")()
-        out_kernel, out_bias = _ProjectionParams((self.heads, head_dim, width), 2, name="out")()
-        x, qkv_kernel, qkv_bias, out_kernel, out_bias = nn.dtypes.promote_dtype(
-            x, qkv_kernel, qkv_bias, out_kernel, out_bias, dtype=self.dtype
-        )
+        projection = dict(use_bias=self.use_bias, weight_init=self.weight_init)
+        qkv_kernel, qkv_bias = _ProjectionParams(
+            (width, 3, self.heads, head_dim), 1, **projection, name="qkv"
+        )()
+        out_kernel, out_bias = _ProjectionParams((self.heads, head_dim, width), 2, **projection, name="out")()
+        x, qkv_kernel, out_kernel = nn.dtypes.promote_dtype(x, qkv_kernel, out_kernel, dtype=self.dtype)
         heads_major = self.implementation != "cudnn"  # the einsum core takes [B,H,N,Dh], cuDNN [B,N,H,Dh]
 
+        def add_bias(y: jax.Array, bias: jax.Array | None) -> jax.Array:
+            return y if bias is None else y + bias.astype(y.dtype)
+
         def project(i: int) -> jax.Array:  # q, k or v from its own matmul: no slice of a stacked qkv
-            y = jnp.einsum("bnd,dhk->bnhk", x, qkv_kernel[:, i]) + qkv_bias[i]
+            y = jnp.einsum("bnd,dhk->bnhk", x, qkv_kernel[:, i])
+            y = add_bias(y, None if qkv_bias is None else qkv_bias[i])
             if rope_angles is not None and i < 2:
                 y = posemb.apply_rope(y, rope_angles)
             return y.swapaxes(1, 2) if heads_major else y
 
         q, k, v = project(0), project(1), project(2)
         if heads_major:
-            return jnp.einsum("bhnk,hkd->bnd", dot_product_attention(q, k, v, mask), out_kernel) + out_bias
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
-        return jnp.einsum("bnhk,hkd->bnd", out, out_kernel) + out_bias
+            out = jnp.einsum("bhnk,hkd->bnd", dot_product_attention(q, k, v, mask), out_kernel)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+            out = jnp.einsum("bnhk,hkd->bnd", out, out_kernel)
+        return add_bias(out, out_bias)
 
 
 class _ProjectionParams(nn.Module):
-    """Declares 'kernel' (float32 `kernel_shape`, nn.DenseGeneral's init with the first `fan_in_axes` axes as
-    inputs) and a zero 'bias' over the remaining axes; returns (kernel, bias)."""
+    """Declares 'kernel' (float32 `kernel_shape`, initialised as the [inputs, outputs] matrix with the first
+    `fan_in_axes` axes as inputs) and, with use_bias, a zero 'bias' over the remaining axes; returns
+    (kernel, bias), the bias None without use_bias."""
 
     kernel_shape: tuple[int, ...]
     fan_in_axes: int
+    use_bias: bool = True
+    weight_init: str = "lecun"
 
     @nn.compact
-    def __call__(self) -> tuple[jax.Array, jax.Array]:
-        init = functools.partial(_dense_general_init, fan_in_axes=self.fan_in_axes)
+    def __call__(self) -> tuple[jax.Array, jax.Array | None]:
+        init = dense_kernel_init(self.weight_init, self.fan_in_axes)
         kernel = self.param("kernel", init, self.kernel_shape, jnp.float32)
+        if not self.use_bias:
+            return kernel, None
         bias = self.param("bias", nn.initializers.zeros, self.kernel_shape[self.fan_in_axes :], jnp.float32)
         return kernel, bias

@@ -6,8 +6,11 @@ import ml_collections
 from naraim.errors import UserError
 from naraim.model import posemb, sizes
 from naraim.model.attention import ATTENTION_MODES
+from naraim.model.init import INITS
+from naraim.model.mlp import GELUS
 
 DTYPES = ("float32", "bfloat16")
+PIXEL_SCALES = ("imagenet", "unit")
 HEADS = ("linear", "mlp", "denoising")  # pre-training heads (naraim.model.model.make_head)
 # Rematerialisation policies by name (attributes of jax.checkpoint_policies that take no arguments).
 REMAT_POLICIES = (
@@ -30,8 +33,22 @@ def default_model_config() -> ml_collections.ConfigDict:
     c.attention = "prefix_causal"  # 'causal' | 'prefix_causal' | 'bidirectional'
     c.head = "linear"  # pre-training head: 'linear' | 'mlp' | 'denoising' (DARL: loss.objective='diffusion')
     c.head_depth = 12  # mlp head: residual MLP blocks
-    c.head_width = 0  # mlp head: hidden width of each block; 0 = the backbone's mlp_dim
+    c.head_width = (
+        0  # mlp head: its own width behind a Dense input projection; 0 = the backbone's, no projection
+    )
+    c.head_mlp_ratio = 4.0  # mlp head: hidden width of each block = ratio x head width
     c.dtype = "float32"  # compute dtype ('float32' | 'bfloat16'); parameters are always float32
+    c.residual_dtype = (
+        ""  # dtype of the residual stream and `encoded`: '' = dtype; 'float32' (NARAIM reference)
+    )
+    c.pixel_scale = (
+        "imagenet"  # model input: 'imagenet' (x/255 - mean) / std (AIM) | 'unit' x/255 (NARAIM ref)
+    )
+    c.patch_norm = False  # LayerNorm after the patch embedding (AIM)
+    c.use_bias = True  # biases in the blocks' attention and MLP layers (AIM's trunk has none)
+    c.gelu = "tanh"  # 'tanh' approximation (flax's default) | 'exact' erf GELU (AIM, torch's default)
+    c.norm_eps = 1e-6  # LayerNorm epsilon of the backbone and the mlp head (AIMv1 training: 1e-5)
+    c.weight_init = "lecun"  # kernels: 'lecun' normal (flax's default) | 'xavier' uniform (MAE, AIM, DARL)
     # denoising head (DARL): transformer blocks over [feature, noisy patch]; width/heads 0 = the backbone's
     c.denoiser = ml_collections.ConfigDict(dict(depth=1, width=0, heads=0, mlp_ratio=4.0))
     c.remat = ""  # '' = off, else a policy name in REMAT_POLICIES
@@ -90,10 +107,22 @@ def validate_model_config(cfg, patch_size: int, max_tokens: int) -> None:
         raise UserError("model.attention_impl='cudnn' needs model.dtype='bfloat16'")
     if cfg.attention_impl == "cudnn" and (backend := jax.default_backend()) != "gpu":
         raise UserError(f"model.attention_impl='cudnn' needs a GPU (this run's backend: {backend})")
-    if cfg.head == "mlp" and (cfg.head_depth < 1 or cfg.head_width < 0):
+    if cfg.head == "mlp" and (cfg.head_depth < 1 or cfg.head_width < 0 or cfg.head_mlp_ratio <= 0):
         raise UserError(
-            "model.head='mlp' needs model.head_depth >= 1 and model.head_width >= 0 (0 = mlp_dim)"
+            f"model.head='mlp' needs model.head_depth >= 1 (got {cfg.head_depth}), model.head_width >= 0 "
+            f"(got {cfg.head_width}; 0 = the backbone's width) and model.head_mlp_ratio > 0 "
+            f"(got {cfg.head_mlp_ratio})"
         )
+    if cfg.residual_dtype and cfg.residual_dtype not in DTYPES:
+        _fail("residual_dtype", cfg.residual_dtype, ("",) + DTYPES)
+    if cfg.pixel_scale not in PIXEL_SCALES:
+        _fail("pixel_scale", cfg.pixel_scale, PIXEL_SCALES)
+    if cfg.gelu not in GELUS:
+        _fail("gelu", cfg.gelu, GELUS)
+    if cfg.weight_init not in INITS:
+        _fail("weight_init", cfg.weight_init, INITS)
+    if not float(cfg.norm_eps) > 0:
+        raise UserError(f"model.norm_eps={cfg.norm_eps} must be > 0")
     head_dim = size["width"] // size["heads"]
     if cfg.posemb == "absolute_sincos_2d" and size["width"] % 4:
         raise UserError(

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from naraim.model.attention import SelfAttention
+from naraim.model.init import dense_kernel_init
 
 
 class DenoiserBlock(nn.Module):
@@ -23,15 +24,19 @@ class DenoiserBlock(nn.Module):
     heads: int
     mlp_dim: int
     dtype: Any = jnp.float32
+    weight_init: str = "lecun"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [M, 2, W] -> [M, 2, W]."""
         mask = jnp.ones((1, 1, 2, 2), bool)
-        attention = SelfAttention(self.heads, dtype=self.dtype, name="attention")
+        dense = dict(dtype=self.dtype, kernel_init=dense_kernel_init(self.weight_init))
+        attention = SelfAttention(
+            self.heads, dtype=self.dtype, weight_init=self.weight_init, name="attention"
+        )
         x = x + attention(nn.LayerNorm(name="ln1")(x), mask)
-        y = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_in")(nn.LayerNorm(name="ln2")(x))
-        return x + nn.Dense(x.shape[-1], dtype=self.dtype, name="mlp_out")(nn.gelu(y))
+        y = nn.Dense(self.mlp_dim, **dense, name="mlp_in")(nn.LayerNorm(name="ln2")(x))
+        return x + nn.Dense(x.shape[-1], **dense, name="mlp_out")(nn.gelu(y))
 
 
 class Denoiser(nn.Module):
@@ -48,21 +53,23 @@ class Denoiser(nn.Module):
     mlp_dim: int
     depth: int = 1
     dtype: Any = jnp.float32
+    weight_init: str = "lecun"
 
     @nn.compact
     def __call__(self, features: jax.Array, noisy: jax.Array, gamma: jax.Array | None = None) -> jax.Array:
         batch, num_tokens = noisy.shape[:2]
         if gamma is not None:
             noisy = jnp.concatenate([noisy, gamma[..., None].astype(noisy.dtype)], axis=-1)
-        cond = nn.Dense(self.width, dtype=self.dtype, name="embed_features")(features)
-        patch = nn.Dense(self.width, dtype=self.dtype, name="embed_noisy")(noisy)
+        dense = dict(dtype=self.dtype, kernel_init=dense_kernel_init(self.weight_init))
+        cond = nn.Dense(self.width, **dense, name="embed_features")(features)
+        patch = nn.Dense(self.width, **dense, name="embed_noisy")(noisy)
         token_type = self.param("token_type", nn.initializers.normal(0.02), (2, self.width), jnp.float32)
         x = jnp.stack([cond, patch], axis=2) + token_type.astype(cond.dtype)  # [B, N, 2, W]
         x = x.reshape(batch * num_tokens, 2, self.width)
         for i in range(self.depth):
-            x = DenoiserBlock(self.heads, self.mlp_dim, dtype=self.dtype, name=f"block_{i}")(x)
+            x = DenoiserBlock(self.heads, self.mlp_dim, self.dtype, self.weight_init, name=f"block_{i}")(x)
         x = nn.LayerNorm(name="ln_final")(x[:, 1])
-        out = nn.Dense(self.patch_dim, dtype=self.dtype, name="out")(x)
+        out = nn.Dense(self.patch_dim, **dense, name="out")(x)
         return out.reshape(batch, num_tokens, self.patch_dim).astype(jnp.float32)
 
 
@@ -79,4 +86,5 @@ def make_denoiser(model_cfg: Any, patch_dim: int, backbone_width: int, backbone_
         mlp_dim=int(float(cfg.get("mlp_ratio", 4)) * width),
         depth=int(cfg.get("depth", 1)),
         dtype=dtype,
+        weight_init=model_cfg.get("weight_init", "lecun"),
     )

@@ -8,7 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from naraim.model.vit import MlpBlock
+from naraim.model.init import dense_kernel_init
+from naraim.model.layernorm import LayerNorm
+from naraim.model.mlp import MlpBlock
 
 
 class LinearHead(nn.Module):
@@ -16,27 +18,47 @@ class LinearHead(nn.Module):
 
     out_dim: int
     dtype: str = "float32"
+    weight_init: str = "lecun"
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
         """features [B,N,D] -> float32 [B,N,out_dim]."""
-        return nn.Dense(self.out_dim, dtype=self.dtype, name="out")(features).astype(jnp.float32)
+        out = nn.Dense(
+            self.out_dim, dtype=self.dtype, kernel_init=dense_kernel_init(self.weight_init), name="out"
+        )
+        return out(features).astype(jnp.float32)
 
 
 class MLPHead(nn.Module):
-    """AIM's head: `depth` residual blocks x + MLP(LN(x)) (hidden width `width`), LN, Dense(out_dim)."""
+    """AIM's head: [Dense(width) input projection], `depth` residual blocks x + MLP(LN(x)) with hidden width
+    mlp_dim, LN, Dense(out_dim).
+
+    width 0: the blocks run at the features' width D without a projection; otherwise at `width` behind a
+    Dense D -> width with bias (AIMv1: 1536 -> 2048). use_bias, gelu, norm_eps and weight_init as the
+    backbone's (naraim.model.config); the projection and the output layer always have biases.
+    """
 
     out_dim: int
     depth: int
-    width: int
+    mlp_dim: int
+    width: int = 0
     dtype: str = "float32"
+    use_bias: bool = True
+    gelu: str = "tanh"
+    norm_eps: float = 1e-6
+    weight_init: str = "lecun"
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
         """features [B,N,D] -> float32 [B,N,out_dim]."""
+        kernel_init = dense_kernel_init(self.weight_init)
         x = features
+        if self.width:
+            x = nn.Dense(self.width, dtype=self.dtype, kernel_init=kernel_init, name="proj")(x)
+        block = dict(use_bias=self.use_bias, gelu=self.gelu, weight_init=self.weight_init)
         for i in range(self.depth):
-            y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=f"norm_{i}")(x)
-            x = x + MlpBlock(self.width, self.dtype, name=f"mlp_{i}")(y)
-        x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
-        return nn.Dense(self.out_dim, dtype=self.dtype, name="out")(x).astype(jnp.float32)
+            y = LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name=f"norm_{i}")(x)
+            x = x + MlpBlock(self.mlp_dim, self.dtype, **block, name=f"mlp_{i}")(y)
+        x = LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="norm")(x)
+        out = nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=kernel_init, name="out")
+        return out(x).astype(jnp.float32)

@@ -20,9 +20,20 @@ def make_head(cfg: ml_collections.ConfigDict) -> nn.Module:
     size = get_size(cfg.variant)
     out_dim = size["patch"] ** 2 * 3
     if cfg.head == "linear":
-        return LinearHead(out_dim, cfg.dtype)
+        return LinearHead(out_dim, cfg.dtype, cfg.weight_init)
     if cfg.head == "mlp":
-        return MLPHead(out_dim, cfg.head_depth, cfg.head_width or size["mlp_dim"], cfg.dtype)
+        width = cfg.head_width or size["width"]
+        return MLPHead(
+            out_dim,
+            cfg.head_depth,
+            mlp_dim=int(cfg.head_mlp_ratio * width),
+            width=cfg.head_width,
+            dtype=cfg.dtype,
+            use_bias=bool(cfg.use_bias),
+            gelu=cfg.gelu,
+            norm_eps=float(cfg.norm_eps),
+            weight_init=cfg.weight_init,
+        )
     if cfg.head == "denoising":
         return make_denoiser(cfg, out_dim, size["width"], size["heads"])
     raise ValueError(f"unknown head {cfg.head!r}; expected one of {HEADS}")

@@ -1,15 +1,17 @@
-"""AIM's attentive probe head over frozen backbone features, with padding tokens excluded everywhere.
+"""Attentive probe heads over frozen backbone features, with padding tokens excluded everywhere.
 
-MaskedBatchNorm (no scale, no bias; statistics over real tokens only) -> one learned query attending to
-the tokens (multi-head, keys/values without bias, padding keys masked) -> [optional MAP: x + MLP(LN(x))]
--> linear classifier.
+ProbeHead (AIM's, ml-aim): MaskedBatchNorm (no scale, no bias; statistics over real tokens only) -> one
+learned query attending to the tokens (multi-head, the query used directly, keys/values without bias,
+padding keys masked) -> [optional MAP: x + MLP(LN(x))] -> linear classifier.
+ReferenceProbeHead (the NARAIM reference code's): no BatchNorm; one learned query through flax's
+MultiHeadDotProductAttention (q/k/v/out projections with biases; padding keys masked) -> linear classifier.
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from naraim.model.vit import MlpBlock
+from naraim.model.mlp import MlpBlock
 
 
 def real_token_mask(length: jax.Array, num_tokens: int) -> jax.Array:
@@ -78,6 +80,29 @@ class ProbeHead(nn.Module):
             y = nn.LayerNorm(epsilon=1e-6, name="map_norm")(pooled)
             pooled = pooled + MlpBlock(4 * dim, name="map_mlp")(y)
         return nn.Dense(self.num_classes, name="classifier")(pooled)
+
+
+class ReferenceProbeHead(nn.Module):
+    """The NARAIM reference's attentive probe: features [B,N,D], length [B] -> logits float32 [B, classes].
+
+    A learned query [1,1,D] (LeCun normal, as the reference), multi-head attention with q/k/v/out Dense
+    projections and biases, then Dense -> classes. The reference lets the query attend to padding; here
+    padding keys are masked (docs/reproducing.md). `train` is unused (no BatchNorm).
+    """
+
+    num_classes: int
+    num_heads: int
+
+    @nn.compact
+    def __call__(self, features: jax.Array, length: jax.Array, train: bool) -> jax.Array:
+        del train
+        batch, num_tokens, dim = features.shape
+        features = features.astype(jnp.float32)
+        query = self.param("query", nn.initializers.lecun_normal(), (1, 1, dim))
+        mask = real_token_mask(length, num_tokens)[:, None, None, :]
+        attention = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name="attention")
+        pooled = attention(jnp.broadcast_to(query, (batch, 1, dim)), features, features, mask=mask)
+        return nn.Dense(self.num_classes, name="classifier")(pooled[:, 0])
 
 
 def probe_features(

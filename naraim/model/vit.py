@@ -7,58 +7,62 @@ import jax.numpy as jnp
 from naraim.model import posemb
 from naraim.model.attention import SelfAttention, attention_mask
 from naraim.model.config import remat_policy, resolve_attention_impl, resolve_model_config
+from naraim.model.init import dense_kernel_init
 from naraim.model.layernorm import LayerNorm
+from naraim.model.mlp import MlpBlock
 from naraim.model.sizes import get_size
 
-# Fixed pixel normalisation (ImageNet mean / std of RGB in [0, 1]).
+# ImageNet mean / std of RGB in [0, 1] (pixel_scale 'imagenet').
 PIXEL_MEAN = (0.485, 0.456, 0.406)
 PIXEL_STD = (0.229, 0.224, 0.225)
 
 
-def normalize_pixels(patches: jax.Array) -> jax.Array:
-    """uint8 [B,N,P*P*3] in (row, col, channel) order -> float32 (x/255 - mean) / std per channel."""
-    x = patches.astype(jnp.float32).reshape(*patches.shape[:-1], -1, 3) / 255.0
+def normalize_pixels(patches: jax.Array, pixel_scale: str = "imagenet") -> jax.Array:
+    """uint8 [B,N,P*P*3] in (row, col, channel) order -> float32 model input: x/255 ('unit', the NARAIM
+    reference) or (x/255 - mean) / std per channel ('imagenet', AIM)."""
+    x = patches.astype(jnp.float32) / 255.0
+    if pixel_scale == "unit":
+        return x
+    x = x.reshape(*patches.shape[:-1], -1, 3)
     x = (x - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
     return x.reshape(patches.shape)
 
 
-class MlpBlock(nn.Module):
-    """Dense(mlp_dim) -> GELU -> Dense(D)."""
-
-    mlp_dim: int
-    dtype: str = "float32"
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = nn.Dense(self.mlp_dim, dtype=self.dtype, name="fc1")(x)
-        y = nn.gelu(y)
-        return nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(y)
-
-
 class Block(nn.Module):
-    """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x)). Returns (x, x) so it can be scanned."""
+    """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x)). Returns (x, x) so it can be scanned.
+
+    The LayerNorms and the branches compute in `dtype`; the residual adds keep x's dtype (float32 when the
+    stream is float32 under bfloat16 compute, model.residual_dtype).
+    """
 
     heads: int
     mlp_dim: int
     dtype: str = "float32"
     attention_impl: str | None = None
+    use_bias: bool = True
+    gelu: str = "tanh"
+    norm_eps: float = 1e-6
+    weight_init: str = "lecun"
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, rope_angles: jax.Array | None):
         """x [B,N,D], mask bool [B,1,N,N], rope_angles [B,N,Dh/2] or None -> (x, x)."""
-        y = LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
-        y = SelfAttention(self.heads, self.dtype, self.attention_impl, name="attn")(y, mask, rope_angles)
-        x = x + y
-        y = LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
-        x = x + MlpBlock(self.mlp_dim, self.dtype, name="mlp")(y)
+        dense = dict(use_bias=self.use_bias, weight_init=self.weight_init)
+        y = LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="norm1")(x)
+        attention = SelfAttention(self.heads, self.dtype, self.attention_impl, **dense, name="attn")
+        x = x + attention(y, mask, rope_angles).astype(x.dtype)
+        y = LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="norm2")(x)
+        x = x + MlpBlock(self.mlp_dim, self.dtype, gelu=self.gelu, **dense, name="mlp")(y).astype(x.dtype)
         return x, x
 
 
 class ViT(nn.Module):
     """Vision Transformer over padded token sequences; see __call__ for shapes.
 
-    Parameters are float32; activations use `dtype`. With `scan` the blocks' parameters are stacked under
-    'blocks' (leading axis = depth) instead of 'block_0'..'block_{L-1}'.
+    Parameters are float32; activations use `dtype`, the residual stream `residual_dtype` ('' = `dtype`).
+    With `scan` the blocks' parameters are stacked under 'blocks' (leading axis = depth) instead of
+    'block_0'..'block_{L-1}'. pixel_scale, patch_norm (a LayerNorm after the patch embedding), use_bias
+    (biases of the blocks' attention and MLP), gelu, norm_eps and weight_init: see naraim.model.config.
     """
 
     width: int
@@ -75,6 +79,13 @@ class ViT(nn.Module):
     learned_posemb_max_side: int = 256
     attention_impl: str | None = None
     sos_token: bool = False
+    residual_dtype: str = ""
+    pixel_scale: str = "imagenet"
+    patch_norm: bool = False
+    use_bias: bool = True
+    gelu: str = "tanh"
+    norm_eps: float = 1e-6
+    weight_init: str = "lecun"
 
     @nn.compact
     def __call__(
@@ -97,7 +108,8 @@ class ViT(nn.Module):
           fixed; rotary SOS position = (0, 0), no additive position on SOS). Needs sos_token, which creates
           the learned SOS vector 'sos' [D] whether or not this call prepends it (same params either way).
         Returns (x [B,N,D] final-LN output, intermediates) with intermediates 'embed' (after patch + position
-        embedding), 'block_0'..'block_{L-1}' (block outputs, pre final LN) and 'encoded' (= x), all [B,N,D].
+        embedding), 'block_0'..'block_{L-1}' (block outputs, pre final LN) and 'encoded' (= x), all [B,N,D]
+        in the residual dtype.
         """
         if patches.shape[-1] != self.patch * self.patch * 3:
             raise ValueError(
@@ -106,7 +118,14 @@ class ViT(nn.Module):
             )
         mode = attention or self.attention
         num_tokens = patches.shape[1]
-        x = nn.Dense(self.width, dtype=self.dtype, name="embed")(normalize_pixels(patches))
+        residual = jnp.dtype(self.residual_dtype or self.dtype)
+        pixels = normalize_pixels(patches, self.pixel_scale)
+        x = nn.Dense(
+            self.width, dtype=self.dtype, kernel_init=dense_kernel_init(self.weight_init), name="embed"
+        )(pixels)
+        if self.patch_norm:
+            x = LayerNorm(epsilon=self.norm_eps, dtype=residual, name="embed_norm")(x)
+        x = x.astype(residual)
         if self.posemb == "absolute_sincos_2d":
             x = x + posemb.absolute_sincos_2d(coords, self.width).astype(x.dtype)
         elif self.posemb == "fractional":
@@ -137,6 +156,10 @@ class ViT(nn.Module):
 
         mask = attention_mask(length, num_tokens, mode, prefix_length)
         intermediates = {"embed": x}
+        block_args = (self.heads, self.mlp_dim, self.dtype, self.attention_impl)
+        block_kwargs = dict(
+            use_bias=self.use_bias, gelu=self.gelu, norm_eps=self.norm_eps, weight_init=self.weight_init
+        )
         block_cls = Block
         if self.remat:
             block_cls = nn.remat(Block, policy=remat_policy(self.remat), prevent_cse=not self.scan)
@@ -147,17 +170,15 @@ class ViT(nn.Module):
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast, nn.broadcast),
                 length=self.depth,
-            )(self.heads, self.mlp_dim, self.dtype, self.attention_impl, name="blocks")
+            )(*block_args, **block_kwargs, name="blocks")
             x, stacked = blocks(x, mask, angles)
             for i in range(self.depth):
                 intermediates[f"block_{i}"] = stacked[i]
         else:
             for i in range(self.depth):
-                x, _ = block_cls(
-                    self.heads, self.mlp_dim, self.dtype, self.attention_impl, name=f"block_{i}"
-                )(x, mask, angles)
+                x, _ = block_cls(*block_args, **block_kwargs, name=f"block_{i}")(x, mask, angles)
                 intermediates[f"block_{i}"] = x
-        x = LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
+        x = LayerNorm(epsilon=self.norm_eps, dtype=residual, name="encoder_norm")(x)
         intermediates["encoded"] = x
         return x, intermediates
 
@@ -181,4 +202,11 @@ def make_backbone(model_cfg) -> ViT:
         learned_posemb_max_side=cfg.learned_posemb_max_side,
         attention_impl=resolve_attention_impl(cfg.attention_impl, cfg.dtype, size["width"] // size["heads"]),
         sos_token=bool(cfg.sos_token),
+        residual_dtype=cfg.residual_dtype,
+        pixel_scale=cfg.pixel_scale,
+        patch_norm=bool(cfg.patch_norm),
+        use_bias=bool(cfg.use_bias),
+        gelu=cfg.gelu,
+        norm_eps=float(cfg.norm_eps),
+        weight_init=cfg.weight_init,
     )

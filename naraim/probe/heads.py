@@ -9,10 +9,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from naraim.model.probe_head import ProbeHead, real_token_mask
+from naraim.model.probe_head import ProbeHead, ReferenceProbeHead, real_token_mask
 
 POOLS = ("mean", "last")
 DESCRIPTORS = ("last", "mean", "probe")
+PROBE_HEADS = ("aim", "naraim_ref")
 
 
 def pool_tokens(features: jax.Array, length: jax.Array, pool: str) -> jax.Array:
@@ -50,11 +51,19 @@ class PooledHead(nn.Module):
 
 
 def make_head(
-    protocol: str, descriptor: str, num_classes: int, num_heads: int, use_map_mlp: bool
+    protocol: str,
+    descriptor: str,
+    num_classes: int,
+    num_heads: int,
+    use_map_mlp: bool,
+    probe_head: str = "aim",
 ) -> nn.Module:
-    """The head of a protocol: 'attentive' -> ProbeHead, 'linear' -> BatchNorm + linear on mean-pooled tokens,
-    'finetune' -> by `descriptor` ('last' | 'mean': linear on that token / mean; 'probe': ProbeHead)."""
+    """The head of a protocol: 'attentive' -> the attentive head `probe_head` ('aim': ProbeHead,
+    'naraim_ref': ReferenceProbeHead), 'linear' -> BatchNorm + linear on mean-pooled tokens, 'finetune' ->
+    by `descriptor` ('last' | 'mean': linear on that token / mean; 'probe': the attentive head)."""
     if protocol == "attentive" or (protocol == "finetune" and descriptor == "probe"):
+        if probe_head == "naraim_ref":
+            return ReferenceProbeHead(num_classes, num_heads)
         return ProbeHead(num_classes, num_heads, use_map_mlp)
     if protocol == "linear":
         return PooledHead(num_classes, "mean", batch_norm=True)

@@ -58,10 +58,12 @@ def default_pretrain_config() -> ml_collections.ConfigDict:
     cfg.mesh.fsdp = False  # shard params and optimizer state over the data axis
 
     cfg.eval = ml_collections.ConfigDict()
-    cfg.eval.num_examples = 1_000  # fixed held-out images for validation MSE (first N of data.val_split)
+    # held-out images for the validation MSE: the first N of data.val_split; -1: all of them; 0: no evaluation
+    cfg.eval.num_examples = 1_000
     cfg.eval.batch_size = 64
     cfg.eval.num_images = 8  # reconstruction grid
     cfg.eval.error_map_bins = 16
+    cfg.eval.ref_seed = 0  # seeds the random prefixes of the reference validation MSE (mse_ref)
 
     cfg.wandb = ml_collections.ConfigDict()
     cfg.wandb.mode = "offline"  # 'disabled' | 'offline' (into WORKDIR/wandb) | 'online'
@@ -110,8 +112,11 @@ def validate_pretrain_config(cfg: ml_collections.ConfigDict, num_devices: int | 
         raise UserError(f"wandb.mode={cfg.wandb.mode!r}; use one of {', '.join(WANDB_MODES)}")
     if cfg.eval.batch_size % num_devices:
         raise UserError(f"eval.batch_size={cfg.eval.batch_size} is not divisible by {num_devices} devices")
-    if cfg.eval.num_examples < 0 or cfg.eval.batch_size < 1 or cfg.eval.num_images < 0:
-        raise UserError("eval.num_examples >= 0, eval.batch_size >= 1 and eval.num_images >= 0 are required")
+    if cfg.eval.num_examples < -1 or cfg.eval.batch_size < 1 or cfg.eval.num_images < 0:
+        raise UserError(
+            f"eval.num_examples >= -1 (-1: the whole split), eval.batch_size >= 1 and eval.num_images >= 0 "
+            f"are required; got {cfg.eval.num_examples}, {cfg.eval.batch_size}, {cfg.eval.num_images}"
+        )
 
 
 def apply_variant(cfg: ml_collections.ConfigDict, variant: str, variants: dict) -> ml_collections.ConfigDict:

@@ -1,8 +1,11 @@
 """Pre-training evaluation on a fixed held-out set: next-patch MSE, per-position error maps, reconstructions.
 
-Evaluation uses causal attention (no random prefix) so numbers are deterministic and comparable
-across recipes. Position bins follow NARAIM Appendix E: patch index j of an image with n real patches
-maps to j/n in [0, 1), split into `error_map_bins` bins.
+`loss` uses causal attention (no random prefix) and one mean over every predicted patch, so numbers are
+deterministic and comparable across recipes. `mse_ref` (MSE objective) is the NARAIM reference's protocol,
+comparable with its Table 1: a random prefix k per image (uniform in {1, .., n-1}, seeded by
+eval.ref_seed and the example's index), prefix-causal attention, the mean over the image's targets after
+the prefix, then the mean over images. Position bins follow NARAIM Appendix E: patch index j of an image
+with n real patches maps to j/n in [0, 1), split into `error_map_bins` bins.
 """
 
 import os
@@ -28,8 +31,10 @@ from naraim.train.mesh import global_batch, replicated
 
 def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_sharding) -> Callable:
     """Returns eval_step(params, batch) -> dict of replicated sums for one global batch:
-    err_sum, count (scalars), bin_sum/bin_count [bins], pos_sum/pos_count [N], and for the first
-    cfg.eval.num_images examples: pred_pixels [n,N,K] in [0,1], patches, coords, grid, length."""
+    err_sum, count (scalars), bin_sum/bin_count [bins], pos_sum/pos_count [N], with the MSE objective
+    ref_sum, ref_count (sum of per-image reference MSEs, images with targets; batch['ref_prefix'] int32 [B]),
+    and for the first cfg.eval.num_images examples: pred_pixels [n,N,K] in [0,1], patches, coords, grid,
+    length."""
     bins = cfg.eval.error_map_bins
     n_img = cfg.eval.num_images
     first = 0 if cfg.model.get("sos_token", False) else 1
@@ -51,7 +56,17 @@ def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_shardin
         rel = jnp.arange(n)[None, :] / inputs["length"][:, None]
         b = jnp.clip(jnp.floor(rel * bins).astype(jnp.int32), 0, bins - 1)
         onehot = jax.nn.one_hot(b, bins) * w[..., None]
+        ref = {}
+        if cfg.loss.objective == "mse":
+            prefix = batch["ref_prefix"]
+            out = model.apply({"params": params}, inputs, attention="prefix_causal", prefix_length=prefix)
+            ref_err = per_patch_error(out["pred"], inputs["patches"], norm_pix, raw_scale)
+            ref_w = loss_weights(inputs["length"], prefix, n) * batch["valid"][:, None].astype(jnp.float32)
+            targets = jnp.sum(ref_w, 1)
+            per_image = jnp.sum(ref_err * ref_w, 1) / jnp.maximum(targets, 1.0)
+            ref = {"ref_sum": jnp.sum(per_image), "ref_count": jnp.sum(targets > 0)}
         return {
+            **ref,
             "err_sum": jnp.sum(err * w),
             "count": jnp.sum(w),
             "bin_sum": jnp.einsum("bnk,bn->k", onehot, err),
@@ -70,10 +85,21 @@ def _mean_or_nan(total: np.ndarray, count: np.ndarray) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
+def reference_prefixes(length: np.ndarray, indices: np.ndarray, seed: int) -> np.ndarray:
+    """int32 [B]: the reference protocol's prefix per example, uniform in {1, .., length-1} (1 when
+    length < 2), drawn from a generator seeded by (seed, example index): the same for an image whatever the
+    batch it is in."""
+    high = np.maximum(np.asarray(length, np.int64) - 1, 1)
+    draws = [
+        np.random.default_rng([seed, int(i)]).integers(1, h + 1) for i, h in zip(indices, high, strict=True)
+    ]
+    return np.asarray(draws, np.int32)
+
+
 class Evaluator:
-    """run(params, step) -> {'loss': validation next-patch MSE, 'num_targets'}; writes the PNGs into the
-    workdir (error_by_position_<step>.png, error_grid_<step>.png for fixed square grids,
-    reconstructions_<step>.png)."""
+    """run(params, step) -> {'loss': validation next-patch MSE, 'num_targets', 'mse_ref' (MSE objective)};
+    writes the PNGs into the workdir (error_by_position_<step>.png, error_grid_<step>.png for fixed square
+    grids, reconstructions_<step>.png)."""
 
     def __init__(self, model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_sharding, workdir: str):
         self.cfg, self.mesh, self.workdir = cfg, mesh, workdir
@@ -86,7 +112,7 @@ class Evaluator:
             split=self.cfg.data.val_split,
             patch_size=self.patch,
             global_batch_size=self.cfg.eval.batch_size,
-            max_examples=self.cfg.eval.num_examples,
+            max_examples=None if self.cfg.eval.num_examples < 0 else self.cfg.eval.num_examples,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
@@ -94,16 +120,24 @@ class Evaluator:
     def run(self, params, step: int) -> tuple[dict, list[str]]:
         """Returns (metrics, paths of the PNGs written)."""
         totals, first, grids = None, None, set()
-        for local in self._iterator():
+        local_batch = self.cfg.eval.batch_size // jax.process_count()
+        for k, local in enumerate(self._iterator()):
+            start = k * self.cfg.eval.batch_size + jax.process_index() * local_batch  # as make_eval_iterator
+            indices = np.arange(start, start + local_batch)
+            local = dict(
+                local, ref_prefix=reference_prefixes(local["length"], indices, self.cfg.eval.ref_seed)
+            )
             out = jax.device_get(self._step(params, global_batch(local, self.mesh)))
             grids.update(map(tuple, np.asarray(local["grid"])[np.asarray(local["valid"])]))
             if first is None:
                 first = out
-            keys = ("err_sum", "count", "bin_sum", "bin_count", "pos_sum", "pos_count")
+            keys = [k for k in out if k.endswith(("_sum", "_count")) or k == "count"]
             totals = {k: out[k] if totals is None else totals[k] + out[k] for k in keys}
         if totals is None or totals["count"] == 0:
             return {}, []
         metrics = {"loss": float(totals["err_sum"] / totals["count"]), "num_targets": int(totals["count"])}
+        if "ref_sum" in totals:
+            metrics["mse_ref"] = float(totals["ref_sum"] / max(int(totals["ref_count"]), 1))
         paths = [] if jax.process_index() else self._plots(step, totals, first, grids)
         return metrics, paths
 

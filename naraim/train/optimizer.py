@@ -1,4 +1,5 @@
-"""AdamW with gradient clipping and weight decay only on weight matrices (not norms, biases or embeddings)."""
+"""AdamW with gradient clipping; weight decay on weight matrices only (not norms, biases or embeddings) or on
+every parameter (the NARAIM reference)."""
 
 import re
 
@@ -55,7 +56,8 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
 def make_optimizer(
     optim: ConfigDict, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Global-norm clipping (optim.clip_norm, 0 = off) then AdamW(lr schedule, b1, b2, eps, weight_decay).
+    """Global-norm clipping (optim.clip_norm, 0 = off) then AdamW(lr schedule, b1, b2, eps, weight_decay) with
+    decay on the parameters optim.decay names ('kernels': decay_mask; 'all').
 
     Returns (optimizer, schedule); the schedule maps the optimizer step to the learning rate for logging.
     optimizer.update accepts grad_norm=, the gradients' global norm if the caller has it.
@@ -71,7 +73,7 @@ def make_optimizer(
             b2=optim.b2,
             eps=optim.eps,
             weight_decay=optim.weight_decay,
-            mask=decay_mask,
+            mask=decay_mask if optim.get("decay", "kernels") == "kernels" else None,
         )
     )
     return optax.chain(*parts), schedule

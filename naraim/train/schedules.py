@@ -1,4 +1,5 @@
-"""Learning-rate schedules: NARAIM's warmup + exponential decay + linear cooldown, and warmup + cosine."""
+"""Learning-rate schedules: NARAIM's warmup + exponential decay + linear cooldown (ours and the reference
+code's formula), and warmup + cosine."""
 
 import jax.numpy as jnp
 import optax
@@ -28,6 +29,38 @@ def naraim_schedule(
     return schedule
 
 
+def naraim_ref_schedule(
+    peak_lr: float,
+    total_steps: int,
+    warmup_steps: int,
+    decay_rate: float,
+    cooldown_steps: int,
+    min_lr: float = 0.0,
+) -> optax.Schedule:
+    """The NARAIM reference code's schedule (exponential_scheduler.py), with decay span
+    ds = total_steps - warmup_steps - cooldown_steps:
+
+      t < warmup:             peak_lr * t / warmup
+      warmup <= t < w + ds:   peak_lr * decay_rate ** ((t - warmup) / ds)
+      t >= warmup + ds:       max(min_lr, peak_lr * decay_rate * (1 - (t - warmup - ds) / cooldown))
+
+    so the exponential ends at peak_lr * decay_rate where the cooldown starts, and the cooldown is a linear
+    ramp from there to 0 at total_steps.
+    """
+    decay_span = max(total_steps - warmup_steps - cooldown_steps, 1)
+    cooldown_start = warmup_steps + decay_span
+
+    def schedule(step):
+        t = jnp.asarray(step, jnp.float32)
+        warm = peak_lr * jnp.minimum(t / max(warmup_steps, 1), 1.0)
+        decay = peak_lr * decay_rate ** ((t - warmup_steps) / decay_span)
+        cool = peak_lr * decay_rate * (1.0 - (t - cooldown_start) / max(cooldown_steps, 1))
+        cool = jnp.maximum(min_lr, cool)
+        return jnp.where(t < warmup_steps, warm, jnp.where(t < cooldown_start, decay, cool))
+
+    return schedule
+
+
 def cosine_schedule(
     peak_lr: float, total_steps: int, warmup_steps: int, end_lr: float = 0.0
 ) -> optax.Schedule:
@@ -42,10 +75,14 @@ def cosine_schedule(
 
 
 def make_schedule(optim: ConfigDict, total_steps: int) -> optax.Schedule:
-    """The schedule named by optim.schedule ('naraim' | 'cosine' | 'constant')."""
+    """The schedule named by optim.schedule ('naraim' | 'naraim_ref' | 'cosine' | 'constant')."""
     if optim.schedule == "naraim":
         return naraim_schedule(
             optim.lr, total_steps, optim.warmup_steps, optim.decay_rate, optim.cooldown_steps
+        )
+    if optim.schedule == "naraim_ref":
+        return naraim_ref_schedule(
+            optim.lr, total_steps, optim.warmup_steps, optim.decay_rate, optim.cooldown_steps, optim.end_lr
         )
     if optim.schedule == "cosine":
         return cosine_schedule(optim.lr, total_steps, optim.warmup_steps, optim.end_lr)
