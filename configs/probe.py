@@ -5,14 +5,25 @@
 `init_from` is a pre-training workdir (its newest checkpoint) or one checkpoint step dir. The backbone's
 architecture (model.*) and the data recipe (data.*) are read from that run's config.json; every `data.*` and
 `model.*` key below is an override that stays unset (None) unless given. VARIANTS, comma-separated:
-  (none)     the NARAIM/AIM attentive probe: frozen backbone, bidirectional attention, mean of the last 6
-             blocks, 50k steps, 500 warmup, cosine (papers/NOTES.md).
-  finetune   DARL fine-tuning: whole network, no causal mask, last token's output, layer-wise lr decay 0.75,
-             label smoothing 0.1, AdamW(0.9, 0.95), weight decay 0.05.
-  linear     BatchNorm (no affine) on the mean-pooled features of one block, then a linear layer.
-  demo       sized for the demo pre-training (configs/demo.py) on a 2-core CPU: 12,000 synthetic training
-             images without augmentation (so the backbone features are computed once and cached), a probe
-             head with 16 heads and the MAP MLP, 3,000 steps of batch 64, 1,000 validation images.
+  (none)        AIM's attentive probe: frozen backbone, bidirectional attention, BatchNorm + attention
+                pooling on the mean of the last 6 blocks, 50k steps of batch 1024, 500 warmup, cosine.
+  naraim        the NARAIM reference's probe (Table 1): the last block, its multi-head attention head with
+                q/k/v/out biases and no BatchNorm, AdamW b2 0.98 with decay on every parameter, batch 512.
+  sweep         one head per block and for the mean of the last blocks, at 3 learning rates, trained
+                together; the head with the best top-1 on a minival split (10% of the training split)
+                is reported, and every head's accuracy is in results.json (per_head).
+  knn           weighted kNN (k = 20, temperature 0.07) on the mean-pooled features of every block, no
+                training; the block is selected on minival.
+  linear        BatchNorm (no affine) on the mean-pooled features of the last block, then a linear layer.
+  finetune      fine-tuning: whole network, no causal mask, last token's output, layer-wise lr decay 0.75,
+                label smoothing 0.1, AdamW(0.9, 0.95), weight decay 0.05.
+  darl_linear   DARL's linear evaluation (Appendix B): causal attention, BatchNorm + linear on mean-pooled
+                tokens, LARS lr 0.1, label smoothing 0.1, no weight decay, cosine; add sweep's blocks to
+                find the best block.
+  darl_finetune DARL's fine-tuning (Table 8): finetune + RandAugment(9, 0.5), mixup 0.8, CutMix 1.0.
+  demo          sized for the demo pre-training (configs/demo.py) on a 2-core CPU: 12,000 synthetic training
+                images without augmentation (features computed once and cached), every block at 2 learning
+                rates selected on minival, a head with 16 heads and the MAP MLP, 3,000 steps of batch 64.
 """
 
 import math
@@ -22,7 +33,7 @@ from ml_collections import ConfigDict, config_dict
 from naraim.errors import UserError
 from naraim.probe.config import default_data_overrides
 
-VARIANTS = ("finetune", "linear", "demo")
+VARIANTS = ("naraim", "sweep", "knn", "finetune", "linear", "darl_linear", "darl_finetune", "demo")
 
 
 def get_config(variants: str = "") -> ConfigDict:
@@ -31,19 +42,22 @@ def get_config(variants: str = "") -> ConfigDict:
     if unknown:
         raise UserError(f"unknown config variant(s) {unknown}: use a comma-separated subset of {VARIANTS}")
     c = ConfigDict()
+    c.variant = variants or ""
     c.init_from = ""
-    c.protocol = "attentive"  # 'attentive' | 'finetune' | 'linear'
+    c.protocol = "attentive"  # 'attentive' | 'linear' | 'knn' | 'finetune'
     c.attention = "bidirectional"  # the backbone's attention at probe / fine-tuning time: or 'causal'
     c.seed = 0
     c.total_steps = 50_000
     c.batch_size = 1024  # global
     c.log_every = 100
     c.eval_every = 0  # 0: evaluate once, at the end
-    c.checkpoint_every = 0  # probe runs are short and not checkpointed
+    c.checkpoint_every = 1_000  # probe state + data position, so a stopped run resumes (0: never)
+    c.keep_checkpoints = 2
     c.aspect_ratio_bins = (0.0, 0.5, 0.75, 1.33, 2.0, math.inf)  # width/height; on a command line inf = 1e9
     # Training transforms: 'pretraining' = the pre-training run's data.transforms (NARAIM: native aspect
     # ratio + random crop + flip; AIM: RandomResizedCrop + flip), 'eval' = its data.eval_transforms.
     c.train_transforms = "pretraining"
+    c.progress_bar = True
     c.wandb = ConfigDict(dict(mode="disabled", project="naraim-probe", name=""))
 
     c.data = default_data_overrides()  # any data.* key; None = the pre-training run's value
@@ -57,16 +71,22 @@ def get_config(variants: str = "") -> ConfigDict:
     c.eval.max_examples = config_dict.placeholder(int)  # None: the whole split
     c.eval.batch_size = config_dict.placeholder(int)  # None: batch_size
 
-    c.probe = ConfigDict()  # attentive probe (also fine-tuning's 'probe' descriptor)
-    c.probe.block = config_dict.placeholder(int)  # one block's output; None: mean of the last `last_k` blocks
+    c.probe = ConfigDict()  # frozen protocols (attentive, linear, knn)
+    # features: 'mean' (of the last `last_k` blocks' outputs), 'all' (every block), block indices ('0,-1'),
+    # or a comma-separated mix ('all,mean'); one head per entry and learning rate
+    c.probe.blocks = "mean"
     c.probe.last_k = 6
+    c.probe.lrs = ()  # learning rates of the sweep; () = (optim.lr,)
+    # share of the training split held out (seeded) to select among heads; needed by sweeps of > 1 head
+    c.probe.minival_fraction = 0.0
+    c.probe.head = "aim"  # attentive head: 'aim' (ml-aim's) | 'naraim_ref' (the NARAIM reference code's)
     c.probe.num_heads = config_dict.placeholder(int)  # None: the backbone's number of heads
     c.probe.use_map_mlp = False
+    c.probe.label_smoothing = 0.0
     # 'auto': cache the backbone features when the training transforms have no randomness | 'always' | 'never'
     c.probe.cache_features = "auto"
 
-    c.linear = ConfigDict()
-    c.linear.block = -1  # the block whose mean-pooled output is classified (-1: the last)
+    c.knn = ConfigDict(dict(k=20, temperature=0.07))  # DINO's weighted kNN
 
     c.finetune = ConfigDict()
     c.finetune.descriptor = "last"  # 'last' (last real token's output) | 'mean' (mean pooling) | 'probe'
@@ -77,6 +97,7 @@ def get_config(variants: str = "") -> ConfigDict:
     c.finetune.mix_prob = 1.0  # probability that a batch is mixed when mixup/cutmix is on
 
     c.optim = ConfigDict()
+    c.optim.optimizer = "adamw"  # 'adamw' | 'lars'
     c.optim.schedule = "cosine"
     c.optim.lr = 1e-3
     c.optim.end_lr = 0.0
@@ -85,24 +106,58 @@ def get_config(variants: str = "") -> ConfigDict:
     c.optim.b2 = 0.999
     c.optim.eps = 1e-8
     c.optim.weight_decay = 0.01
+    c.optim.decay = "kernels"  # weight decay on 'kernels' (Dense kernels, not the query) | 'all'
     c.optim.clip_norm = 1.0
 
-    if "finetune" in names:
+    if "naraim" in names:
+        c.probe.head = "naraim_ref"
+        c.probe.blocks = "-1"
+        c.batch_size = 512
+        c.optim.b2 = 0.98
+        c.optim.decay = "all"
+    if "sweep" in names:
+        c.probe.blocks = "all,mean"
+        c.probe.lrs = (3e-4, 1e-3, 3e-3)
+        c.probe.minival_fraction = 0.1
+    if "knn" in names:
+        c.protocol = "knn"
+        c.probe.blocks = "all,mean"
+        c.probe.minival_fraction = 0.1
+        c.train_transforms = "eval"
+    if "finetune" in names or "darl_finetune" in names:
         c.protocol = "finetune"
         c.optim.b2 = 0.95
         c.optim.weight_decay = 0.05
-    if "linear" in names:
+    if "darl_finetune" in names:
+        c.finetune.mixup_alpha = 0.8
+        c.finetune.cutmix_alpha = 1.0
+        c.data.transforms = ("random_resized_crop", "horizontal_flip", "rand_augment")
+    if "linear" in names or "darl_linear" in names:
         c.protocol = "linear"
+        c.probe.blocks = "-1" if "sweep" not in names else c.probe.blocks
         c.optim.weight_decay = 0.0
+    if "darl_linear" in names:
+        c.attention = "causal"
+        c.optim.optimizer = "lars"
+        c.optim.lr = 0.1
+        c.optim.b1 = 0.9  # LARS momentum
+        c.optim.warmup_steps = 10 * 1_281_167 // 16_384
+        c.total_steps = 90 * 1_281_167 // 16_384
+        c.batch_size = 16_384
+        c.probe.label_smoothing = 0.1
     if "demo" in names:
         c.total_steps = 3_000
         c.batch_size = 64
         c.log_every = 500
+        c.checkpoint_every = 0
         c.optim.warmup_steps = 100
         c.optim.lr = 1e-3 if c.protocol == "finetune" else 1e-2
         c.probe.last_k = 2
         c.probe.num_heads = 16
         c.probe.use_map_mlp = True
+        c.probe.blocks = "all,mean"
+        c.probe.lrs = (3e-3, 1e-2)
+        c.probe.minival_fraction = 0.1
         c.train_transforms = "eval"
         c.data.synthetic.train_size = 12_000
         c.eval.max_examples = 1_000

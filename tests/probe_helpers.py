@@ -56,5 +56,6 @@ def tiny_probe_config(init_from: str, variants: str = ""):
     cfg.log_every = 3
     cfg.optim.warmup_steps = 1
     cfg.probe.last_k = 2
+    cfg.progress_bar = False
     cfg.eval.batch_size = 8
     return cfg

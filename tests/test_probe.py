@@ -14,10 +14,15 @@ from probe_helpers import ROOT, load_config, pretrain_workdir, tiny_probe_config
 
 from naraim.data.pipeline import make_eval_iterator
 from naraim.errors import UserError
+from naraim.probe import sweep
+from naraim.probe.classifier import make_classifier
+from naraim.probe.knn import knn_correct, normalise
 from naraim.probe.loading import load_pretrained
-from naraim.probe.runner import make_probe_optimizer, prepare, run_probe
-from naraim.probe.step import init_params, init_state, make_train_step
+from naraim.probe.minival import split_minival
+from naraim.probe.runner import make_sweep, prepare, run_probe
+from naraim.probe.step import init_params
 from naraim.train.checkpoint import restore_params
+from naraim.train.optimizer import make_optimizer
 from naraim.train.step import dummy_batch
 
 
@@ -45,10 +50,8 @@ def test_loads_only_the_backbone_from_a_workdir_or_a_step_dir(workdir):
     params_step, _, step2 = load_pretrained(os.path.join(workdir, "checkpoints", "2"))
     assert step2 == 2 and _same(params, params_step)
     # the architecture comes from the pre-training run's config.json, not from the probe config
-    resolved, clf, _, classes = prepare(tiny_probe_config(workdir))
-    assert (
-        resolved.model.variant == cfg.model.variant == "Pico/8" and clf.backbone.depth == 2 and classes == 10
-    )
+    resolved, backbone, _, classes = prepare(tiny_probe_config(workdir))
+    assert resolved.model.variant == cfg.model.variant == "Pico/8" and backbone.depth == 2 and classes == 10
 
 
 def test_a_checkpoint_that_does_not_fit_is_one_clear_line(workdir, tmp_path):
@@ -82,9 +85,12 @@ def test_a_checkpoint_that_does_not_fit_is_one_clear_line(workdir, tmp_path):
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("protocol", "knn", "protocol='knn'"),
+        ("protocol", "bogus", "protocol='bogus'"),
         ("attention", "prefix_causal", "attention='prefix_causal'"),
-        ("probe.block", 5, "probe.block=5 is outside"),
+        ("probe.blocks", "5", "block 5 is outside"),
+        ("probe.blocks", "all", "set probe.minival_fraction"),
+        ("probe.head", "mlp", "probe.head='mlp'"),
+        ("optim.decay", "some", "optim.decay='some'"),
         ("probe.cache_features", "always", "is random"),
         ("batch_size", 0, "batch_size=0"),
         ("init_from", "", "init_from is not set"),
@@ -99,14 +105,46 @@ def test_bad_probe_settings_are_user_errors(workdir, key, value, message):
         prepare(cfg)
 
 
-@pytest.mark.parametrize("variants", ["", "demo", "finetune", "linear", "demo,finetune", "demo,linear"])
+VARIANTS = ["", "demo", "finetune", "linear", "demo,finetune", "demo,linear", "naraim", "sweep", "knn"]
+
+
+@pytest.mark.parametrize("variants", VARIANTS + ["darl_linear", "darl_finetune", "sweep,linear"])
 def test_shipped_probe_variants_resolve_against_a_pretraining_run(workdir, variants):
     cfg = load_config("probe", variants)
     cfg.init_from = workdir
-    resolved, clf, _, _ = prepare(cfg)
-    assert resolved.protocol == ({"finetune", "linear"} & set(variants.split(",")) or {"attentive"}).pop()
-    assert clf.frozen == (resolved.protocol != "finetune")
+    resolved, _, _, _ = prepare(cfg)
+    names = set(variants.split(","))
+    protocols = {"finetune": "finetune", "darl_finetune": "finetune", "linear": "linear"}
+    protocols.update(darl_linear="linear", knn="knn")
+    assert resolved.protocol == next((protocols[n] for n in names if n in protocols), "attentive")
     assert resolved.data.max_tokens == 16  # inherited from the pre-training run
+
+
+def test_naraim_and_darl_probe_variants_follow_the_papers(workdir):
+    """naraim: the reference's head on the last block, b2 0.98, batch 512, decay on every parameter;
+    darl_linear: causal attention (DARL Appendix B), LARS; darl_finetune: RandAugment, mixup, CutMix."""
+    cfg = load_config("probe", "naraim")
+    assert (cfg.probe.head, cfg.probe.blocks, cfg.optim.b2, cfg.batch_size) == ("naraim_ref", "-1", 0.98, 512)
+    assert (cfg.total_steps, cfg.optim.warmup_steps, cfg.optim.schedule, cfg.optim.decay) == (
+        50_000,
+        500,
+        "cosine",
+        "all",
+    )
+    cfg.init_from = workdir
+    resolved, backbone, _, classes = prepare(cfg)
+    sw = make_sweep(resolved, backbone, classes)
+    assert sw.specs == (backbone.depth - 1,) and type(sw.head).__name__ == "ReferenceProbeHead"
+    linear = load_config("probe", "darl_linear")
+    assert (linear.protocol, linear.attention, linear.optim.optimizer) == ("linear", "causal", "lars")
+    ft = load_config("probe", "darl_finetune")
+    assert (ft.protocol, ft.attention, ft.finetune.mixup_alpha, ft.finetune.cutmix_alpha) == (
+        "finetune",
+        "bidirectional",
+        0.8,
+        1.0,
+    )
+    assert "rand_augment" in ft.data.transforms
 
 
 def test_unknown_variant_is_a_user_error():
@@ -115,33 +153,34 @@ def test_unknown_variant_is_a_user_error():
 
 
 def _setup(workdir, variants="", **overrides):
+    """(cfg, sweep, backbone params, state, optimizer, schedule) of a frozen probe, unit-lr optimizer."""
     cfg = tiny_probe_config(workdir, variants)
     for key, value in overrides.items():
-        cfg[key] = value
-    cfg, clf, backbone, classes = prepare(cfg)
-    backbone = jax.tree.map(jnp.asarray, backbone)
-    params, stats = init_params(clf, backbone, dummy_batch(cfg, 1), 0)
-    optimizer, schedule = make_probe_optimizer(cfg, clf, params)
-    return cfg, clf, backbone, classes, init_state(params, stats, optimizer, 0), optimizer, schedule
+        section, _, name = key.rpartition(".")
+        (cfg[section] if section else cfg)[name] = value
+    cfg, backbone, backbone_np, classes = prepare(cfg)
+    sw = make_sweep(cfg, backbone, classes)
+    bp = jax.tree.map(jnp.asarray, backbone_np)
+    params, stats = sw.init(bp, dummy_batch(cfg, 1), cfg.seed)
+    unit = cfg.optim.copy_and_resolve_references()
+    unit.lr = 1.0
+    optimizer, schedule = make_optimizer(unit, cfg.total_steps)
+    return cfg, sw, bp, sweep.init_state(params, stats, optimizer, cfg.seed), optimizer, schedule
 
 
 def test_frozen_backbone_is_bit_identical_and_outside_the_optimizer(workdir):
-    cfg, clf, backbone, classes, state, optimizer, schedule = _setup(workdir)
+    cfg, sw, backbone, state, optimizer, schedule = _setup(workdir)
     before = jax.tree.map(np.array, backbone)
-    head_before = jax.tree.map(np.array, state["params"]["head"])
-    assert set(state["params"]) == {"head"}
-    step = make_train_step(clf, optimizer, schedule, cfg, classes, cached=False)
+    head_before = jax.tree.map(np.array, state["params"])
+    step = sweep.make_train_step(sw, optimizer, schedule, cached=False)
     batch = _batch(cfg)
     for _ in range(3):
         state, metrics = step(state, backbone, batch)
     assert _same(backbone, before)
-    assert not _same(state["params"]["head"], head_before)
+    assert not _same(state["params"], head_before)
 
     # no gradient reaches the backbone through the probe's features
-    def loss(bp):
-        return jnp.sum(clf.features(bp, batch))
-
-    grads = jax.grad(loss)(backbone)
+    grads = jax.grad(lambda bp: jnp.sum(sw.block_stack(bp, batch)))(backbone)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
 
 
@@ -159,18 +198,30 @@ def _pad(batch, extra, rng):
     return {**batch, **out}
 
 
-@pytest.mark.parametrize("variants", ["", "linear", "finetune"])
+@pytest.mark.parametrize("variants", ["", "linear", "naraim", "finetune"])
 def test_padding_never_influences_logits(workdir, variants):
-    cfg, clf, backbone, classes, state, _, _ = _setup(workdir, variants)
-    head_vars = {"params": state["params"]["head"]}
-    if state["batch_stats"]:
-        head_vars["batch_stats"] = state["batch_stats"]
+    batch = None
+    if variants == "finetune":
+        cfg, backbone, backbone_np, classes = prepare(tiny_probe_config(workdir, variants))
+        clf = make_classifier(cfg, backbone, classes)
+        params, stats = init_params(clf, backbone_np, dummy_batch(cfg, 1), 0)
+        head_vars = {"params": params["head"], **({"batch_stats": stats} if stats else {})}
+
+        def logits(b, train):
+            return clf.logits(head_vars, clf.features(params["backbone"], b), b["length"], train)[0]
+
+    else:
+        cfg, sw, backbone, state, _, _ = _setup(workdir, variants)
+        head_vars = {
+            "params": state["params"],
+            **({"batch_stats": state["batch_stats"]} if state["batch_stats"] else {}),
+        }
+
+        def logits(b, train):
+            return sw.logits(head_vars, sw.features(sw.block_stack(backbone, b)), b["length"], train)[0]
+
     batch = _batch(cfg)
     assert int(batch["length"].min()) < batch["patches"].shape[1]  # some examples are padded
-
-    def logits(b, train):
-        return clf.logits(head_vars, clf.features(backbone, b), b["length"], train)[0]
-
     rng = np.random.default_rng(0)
     for train in (False, True):
         ref = logits(batch, train)
@@ -179,17 +230,101 @@ def test_padding_never_influences_logits(workdir, variants):
 
 
 def test_cached_step_equals_uncached_step(workdir):
-    cfg, clf, backbone, classes, state, optimizer, schedule = _setup(workdir)
+    cfg, sw, backbone, state, optimizer, schedule = _setup(workdir)
     batch = _batch(cfg)
-    uncached = make_train_step(clf, optimizer, schedule, cfg, classes, cached=False)
-    cached = make_train_step(clf, optimizer, schedule, cfg, classes, cached=True)
-    features = {"features": clf.features(backbone, batch), "length": batch["length"], "label": batch["label"]}
+    uncached = sweep.make_train_step(sw, optimizer, schedule, cached=False)
+    cached = sweep.make_train_step(sw, optimizer, schedule, cached=True)
+    features = {
+        "features": sw.block_stack(backbone, batch),
+        "length": batch["length"],
+        "label": batch["label"],
+    }
     s1 = jax.tree.map(jnp.copy, state)
     s1, m1 = uncached(s1, backbone, batch)
     s2, m2 = cached(state, backbone, features)
     np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s2["params"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_sweep_heads_equal_separate_single_head_runs(workdir, tmp_path):
+    """Every (block, lr) head of one sweep ends where a single-head run with those features and that lr
+    ends (same seed, cached features): one forward feeds heads that never interact."""
+    runs = {}
+    sweep_cfg = tiny_probe_config(workdir)
+    sweep_cfg.update({"train_transforms": "eval"})
+    sweep_cfg.probe.update(cache_features="always", minival_fraction=0.2, blocks="all,mean", lrs=(1e-3, 1e-2))
+    runs["sweep"] = run_probe(sweep_cfg, str(tmp_path / "sweep"))
+    for blocks, lr in (("0", 1e-3), ("1", 1e-2), ("mean", 1e-2)):
+        cfg = tiny_probe_config(workdir)
+        cfg.update({"train_transforms": "eval"})
+        cfg.probe.update(cache_features="always", minival_fraction=0.2, blocks=blocks, lrs=(lr,))
+        runs[(blocks, lr)] = run_probe(cfg, str(tmp_path / f"{blocks}_{lr}"))
+    heads = {(str(h["features"]), h["lr"]): h for h in runs["sweep"]["per_head"]}
+    assert len(heads) == 6
+    singles = {k: v for k, v in runs.items() if k != "sweep"}
+    for (blocks, lr), single in singles.items():
+        name = "mean_last_2" if blocks == "mean" else blocks
+        head = heads[(name, lr)]
+        assert head["minival_top1"] == single["per_head"][0]["minival_top1"]
+        assert head["top1"] == single["top1"] and head["top5"] == single["top5"]
+        assert head["per_aspect_ratio_bin"] == single["per_aspect_ratio_bin"]
+    # the reported head is the best on minival, and the report is its validation accuracy
+    best = max(runs["sweep"]["per_head"], key=lambda h: h["minival_top1"])
+    assert runs["sweep"]["selected"] == {"features": best["features"], "lr": best["lr"]}
+    assert runs["sweep"]["top1"] == best["top1"]
+    assert (tmp_path / "sweep" / "accuracy_by_block.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_minival_is_seeded_and_disjoint_from_training_and_validation(workdir):
+    train, minival = split_minival(100, 0.1, seed=3)
+    assert len(minival) == 10 and len(train) == 90 and not set(train) & set(minival)
+    assert set(train) | set(minival) == set(range(100))
+    np.testing.assert_array_equal(split_minival(100, 0.1, seed=3)[1], minival)
+    assert not np.array_equal(split_minival(100, 0.1, seed=4)[1], minival)
+    assert len(split_minival(100, 0.0, seed=3)[1]) == 0
+    # minival examples come from the training split: none of them is a validation image
+    cfg, _, _, _ = prepare(tiny_probe_config(workdir))
+    train_idx, minival_idx = split_minival(48, 0.25, cfg.seed)
+    it = make_eval_iterator(cfg.data, split="train", patch_size=8, global_batch_size=8, indices=minival_idx)
+    mini = np.concatenate([b["patches"][b["valid"]] for b in it])
+    val = np.concatenate(
+        [
+            b["patches"][b["valid"]]
+            for b in make_eval_iterator(cfg.data, split="validation", patch_size=8, global_batch_size=8)
+        ]
+    )
+    assert len(mini) == 12
+    assert not {m.tobytes() for m in mini} & {v.tobytes() for v in val}
+
+
+def test_knn_is_perfect_on_separable_features_and_chance_on_shuffled_labels():
+    rng = np.random.default_rng(0)
+    classes, per_class, dim = 10, 40, 32
+    centres = normalise(jnp.asarray(rng.normal(size=(classes, dim)), jnp.float32))
+    labels = np.repeat(np.arange(classes), per_class)
+    feats = np.asarray(normalise(centres[labels] + 0.05 * rng.normal(size=(len(labels), dim))))
+    bank, queries = feats[::2], feats[1::2]
+    top1, top5 = knn_correct(bank, labels[::2], queries, labels[1::2], classes, k=20, temperature=0.07)
+    assert top1.mean() == 1.0 and top5.mean() == 1.0
+    # the same features with shuffled labels carry nothing: about chance (0.1)
+    shuffled = rng.permutation(labels)
+    top1, _ = knn_correct(bank, shuffled[::2], queries, shuffled[1::2], classes, k=20, temperature=0.07)
+    assert 0.04 < top1.mean() < 0.2
+    noise = np.asarray(normalise(jnp.asarray(rng.normal(size=(2000, dim)), jnp.float32)))
+    noise_labels = rng.integers(0, classes, 2000)
+    top1, _ = knn_correct(noise[:1000], noise_labels[:1000], noise[1000:], noise_labels[1000:], classes)
+    assert 0.05 < top1.mean() < 0.16
+
+
+def test_knn_probe_writes_per_block_results(workdir, tmp_path):
+    cfg = tiny_probe_config(workdir, "knn")
+    results = run_probe(cfg, str(tmp_path))
+    assert [h["features"] for h in results["per_head"]] == [0, 1, "mean_last_2"]
+    assert all(h["k"] == 20 and h["minival_top1"] is not None for h in results["per_head"])
+    assert results["num_examples"] == 24 and set(results["selected"]) == {"features", "k"}
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["per_head"][0]["per_aspect_ratio_bin"][-1]["bin"] == [2.0, None]
 
 
 def _metrics(path):

@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from naraim.model.probe_head import MaskedBatchNorm, ProbeHead, probe_features
+from naraim.errors import UserError
+from naraim.model.probe_head import MaskedBatchNorm, ProbeHead, ReferenceProbeHead
 from naraim.model.vit import make_backbone
+from naraim.probe import features as F
 
 
 def padded_images(budget: int, pad_value: int) -> dict:
@@ -34,7 +36,8 @@ def features():
     @jax.jit
     def run(b):
         _, inter = vit.apply(params, b["patches"], b["coords"], b["grid"], b["length"])
-        return probe_features(inter, depth=2)
+        stack = F.block_stack(inter, (0, 1))
+        return F.spec_features(stack, (F.MEAN,), (0, 1), depth=2, last_k=6)[0]
 
     return run
 
@@ -90,13 +93,42 @@ def test_probe_has_no_qkv_bias_and_one_query():
     assert params["query"].shape == (8,)
 
 
-def test_probe_features_selects_block_or_mean_of_last_k():
+def test_feature_specs_parse_and_select_blocks_or_the_mean_of_the_last_k():
+    assert F.parse_blocks("mean", 8) == (F.MEAN,)
+    assert F.parse_blocks("all,mean", 3) == (0, 1, 2, F.MEAN)
+    assert F.parse_blocks("0,-1,7,0", 8) == (0, 7)
+    for bad, match in [("8", "outside"), ("x", "not a block index"), ("", "not a block index")]:
+        with pytest.raises(UserError, match=match):
+            F.parse_blocks(bad, 8)
+    assert F.needed_blocks((3, F.MEAN), 8, last_k=2) == (3, 6, 7)
+    assert F.spec_name(F.MEAN, 6) == "mean_last_6" and F.spec_name(3, 6) == 3
     inter = {f"block_{i}": jnp.full((1, 2, 3), float(i)) for i in range(8)}
-    np.testing.assert_array_equal(probe_features(inter, 8, block=3), 3.0)
-    np.testing.assert_array_equal(probe_features(inter, 8, block=-1), 7.0)
-    np.testing.assert_allclose(probe_features(inter, 8), np.mean([2, 3, 4, 5, 6, 7]))
-    np.testing.assert_allclose(probe_features(inter, 8, last_k=2), 6.5)
+    blocks = F.needed_blocks((3, -1 % 8, F.MEAN), 8, last_k=6)
+    feats = F.spec_features(F.block_stack(inter, blocks), (3, 7, F.MEAN), blocks, depth=8, last_k=6)
+    assert feats.shape == (3, 1, 2, 3)
+    np.testing.assert_allclose(feats[:, 0, 0, 0], [3.0, 7.0, np.mean([2, 3, 4, 5, 6, 7])])
     small = {k: inter[k] for k in ("block_0", "block_1")}
-    np.testing.assert_allclose(probe_features(small, 2, last_k=6), 0.5)
-    with pytest.raises(ValueError):
-        probe_features(inter, 8, block=8)
+    mean2 = F.spec_features(F.block_stack(small, (0, 1)), (F.MEAN,), (0, 1), depth=2, last_k=6)
+    np.testing.assert_allclose(mean2, 0.5)
+
+
+def test_reference_probe_head_has_qkv_out_biases_and_masks_padding():
+    """The NARAIM reference's head: a query through multi-head attention with q/k/v/out projections and
+    biases, no BatchNorm; padding (content and budget) never changes its logits."""
+    head = ReferenceProbeHead(num_classes=3, num_heads=2)
+    feats, n = jnp.ones((1, 4, 8)), jnp.array([4])
+    variables = jax.eval_shape(lambda f, n: head.init(jax.random.key(0), f, n, False), feats, n)
+    assert set(variables) == {"params"}  # no batch_stats: no BatchNorm
+    params = variables["params"]
+    assert set(params) == {"query", "attention", "classifier"}
+    for proj in ("query", "key", "value", "out"):
+        assert set(params["attention"][proj]) == {"kernel", "bias"}
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
+    length = jnp.array([3, 5])
+    v = head.init(jax.random.key(1), x, length, False)
+    ref = head.apply(v, x, length, False)
+    garbage = x.at[0, 3:].set(100.0)
+    np.testing.assert_allclose(head.apply(v, garbage, length, False), ref, rtol=1e-5, atol=1e-6)
+    longer = jnp.concatenate([x, jnp.full((2, 3, 8), -7.0)], axis=1)
+    np.testing.assert_allclose(head.apply(v, longer, length, False), ref, rtol=1e-5, atol=1e-6)

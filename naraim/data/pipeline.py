@@ -195,16 +195,20 @@ def make_train_iterator(
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
+    indices: np.ndarray | None = None,
 ) -> grain.DatasetIterator:
     """Endless iterator of training batches (numpy dicts, per-process batch = global / process_count).
 
+    indices: the source indices of data.train_split to train on (default: all of them).
     Supports get_state() -> dict and set_state(dict): the restored iterator yields the same next batches.
     """
     validate_data_config(data_cfg, patch_size)
     batch = _per_process_batch(global_batch_size, process_count)
     loader = _loader(data_cfg, data_cfg.train_split, data_cfg.transforms, patch_size, seed)
     loader.require_usable()
-    shard = grain.MapDataset.range(len(loader.source))[process_index::process_count]
+    if indices is None:
+        indices = np.arange(len(loader.source))
+    shard = grain.MapDataset.source(np.asarray(indices, np.int64))[process_index::process_count]
     if len(shard) == 0:
         raise UserError(f"the training split has fewer examples than the {process_count} processes; add data")
     ds = shard.shuffle(seed=int(seed) % 2**32) if data_cfg.shuffle else shard
@@ -242,31 +246,40 @@ def make_eval_iterator(
     max_examples: int | None = None,
     process_index: int = 0,
     process_count: int = 1,
+    indices: np.ndarray | None = None,
 ) -> EvalBatches:
     """Re-iterable evaluation batches with 'valid' bool [B]: each of the first `max_examples` examples of
-    `split` appears exactly once over all processes; padding (and unusable images) have valid False.
-    Every process yields the same number of batches."""
+    `split` (or of its source indices `indices`, in that order) appears exactly once over all processes;
+    padding (and unusable images) have valid False. Every process yields the same number of batches."""
     validate_data_config(data_cfg, patch_size)
     batch = _per_process_batch(global_batch_size, process_count)
     loader = _loader(data_cfg, split, data_cfg.eval_transforms, patch_size, 0)
     loader.require_usable()
-    n = len(loader.source) if max_examples is None else min(len(loader.source), int(max_examples))
-    num_batches = math.ceil(n / global_batch_size)
+    indices = np.arange(len(loader.source)) if indices is None else np.asarray(indices, np.int64)
+    if max_examples is not None:
+        indices = indices[: int(max_examples)]
+    num_batches = math.ceil(len(indices) / global_batch_size)
 
     # One element per batch, so that worker processes only ever produce whole batches, in order.
     ds = grain.MapDataset.range(num_batches).map(
-        functools.partial(_eval_batch, loader, n, batch, global_batch_size, process_index)
+        functools.partial(_eval_batch, loader, indices, batch, global_batch_size, process_index)
     )
     return EvalBatches(_in_parallel(ds, data_cfg, None), num_batches)
 
 
 def _eval_batch(
-    loader: ExampleLoader, n: int, batch: int, global_batch: int, process_index: int, k: int
+    loader: ExampleLoader, indices: np.ndarray, batch: int, global_batch: int, process_index: int, k: int
 ) -> dict[str, np.ndarray]:
-    """Batch k of this process: global examples k*global_batch + process_index*batch + [0, batch)."""
+    """Batch k of this process: examples indices[k*global_batch + process_index*batch + [0, batch)]."""
     first = k * global_batch + process_index * batch
-    examples = [loader.eval_example(min(g, n - 1), g < n) for g in range(first, first + batch)]
+    n = len(indices)
+    examples = [loader.eval_example(int(indices[min(g, n - 1)]), g < n) for g in range(first, first + batch)]
     return {key: np.stack([ex[key] for ex in examples]) for key in examples[0]}
+
+
+def split_size(data_cfg: ml_collections.ConfigDict, split: str) -> int:
+    """Number of examples listed in `split` of data_cfg.source (unusable files included)."""
+    return len(open_source(data_cfg, split))
 
 
 def num_classes(data_cfg: ml_collections.ConfigDict) -> int:

@@ -101,20 +101,5 @@ class ReferenceProbeHead(nn.Module):
         query = self.param("query", nn.initializers.lecun_normal(), (1, 1, dim))
         mask = real_token_mask(length, num_tokens)[:, None, None, :]
         attention = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name="attention")
-        pooled = attention(jnp.broadcast_to(query, (batch, 1, dim)), features, features, mask=mask)
+        pooled = attention(jnp.broadcast_to(query, (batch, 1, dim)), features, mask=mask)  # keys = values
         return nn.Dense(self.num_classes, name="classifier")(pooled[:, 0])
-
-
-def probe_features(
-    intermediates: dict[str, jax.Array], depth: int, block: int | None = None, last_k: int = 6
-) -> jax.Array:
-    """The probe's input [B,N,D]: intermediates['block_<block>'] (negative counts from the end), or with
-    block None the mean of the last min(last_k, depth) blocks' outputs (AIM's default k = 6)."""
-    if block is not None:
-        index = block % depth if block < 0 else block
-        if not 0 <= index < depth:
-            raise ValueError(f"probe block {block} is outside a backbone of depth {depth}")
-        return intermediates[f"block_{index}"]
-    k = max(1, min(last_k, depth))
-    stacked = jnp.stack([intermediates[f"block_{i}"].astype(jnp.float32) for i in range(depth - k, depth)])
-    return stacked.mean(axis=0)

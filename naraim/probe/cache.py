@@ -1,8 +1,9 @@
-"""Feature caching for frozen protocols: the backbone's features of every training example, computed once.
+"""Feature caching for frozen protocols: the backbone's block outputs (or kNN's pooled features) for every
+training example, computed once.
 
 Only valid when the training transforms have no randomness (every epoch would see the same inputs); the
-head then trains on shuffled batches of the cache. Memory: examples x max_tokens x width x 4 bytes on
-the host (e.g. 2,000 x 64 x 64 floats = 33 MB for the demo).
+heads then train on shuffled batches of the cache. Memory: examples x blocks x max_tokens x width x 4 bytes
+on the host (e.g. 3,000 x 7 x 64 x 192 floats = 1 GB).
 """
 
 from collections.abc import Callable, Iterator
@@ -13,37 +14,54 @@ from jax.sharding import Mesh
 from naraim.probe.accuracy import local_rows
 from naraim.train.mesh import global_batch
 
-CACHE_KEYS = ("features", "length", "label")
+CACHE_KEYS = ("features", "length", "label", "aspect_ratio")
 
 
 def compute_cache(
-    features_fn: Callable, backbone_params: dict, eval_batches, mesh: Mesh
+    features_fn: Callable, backbone_params: dict, eval_batches, mesh: Mesh, progress: Callable | None = None
 ) -> dict[str, np.ndarray]:
-    """{'features' float32 [M,N,D], 'length' int32 [M], 'label' int32 [M]} of this process's M valid examples.
+    """{'features' float32 [M, ...], 'length' int32 [M], 'label' int32 [M], 'aspect_ratio' [M]} of this
+    process's M valid examples, in the iterator's order.
 
-    features_fn(backbone_params, batch) -> [B,N,D] (jitted); eval_batches: an eval iterator over the training
-    split (each example once, padding examples with valid False, dropped here).
+    features_fn(backbone_params, batch) -> [B, ...] (jitted; the sweep's block stack [B, nb, N, D], kNN's
+    pooled features [B, F, D]); eval_batches: an eval iterator (each example once, padding examples with
+    valid False, dropped here); progress(done_batches) is called per batch.
     """
     parts: dict[str, list[np.ndarray]] = {k: [] for k in CACHE_KEYS}
-    for local in eval_batches:
+    for i, local in enumerate(eval_batches):
         valid = np.asarray(local["valid"], bool)
         feats = local_rows(features_fn(backbone_params, global_batch(local, mesh)))
         parts["features"].append(feats[valid].astype(np.float32))
-        parts["length"].append(np.asarray(local["length"])[valid])
-        parts["label"].append(np.asarray(local["label"])[valid])
+        for key in CACHE_KEYS[1:]:
+            parts[key].append(np.asarray(local[key])[valid])
+        if progress is not None:
+            progress(i + 1)
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def cache_batches(
-    cache: dict[str, np.ndarray], batch_size: int, seed: int
-) -> Iterator[dict[str, np.ndarray]]:
-    """Endless batches of `batch_size` rows of the cache, in a fresh random order every epoch (an epoch's
-    remainder starts the next batch)."""
-    rng = np.random.default_rng(seed)
-    n = len(cache["label"])
-    order = np.zeros(0, np.int64)
-    while True:
-        while len(order) < batch_size:
-            order = np.concatenate([order, rng.permutation(n)])
-        index, order = order[:batch_size], order[batch_size:]
-        yield {k: v[index] for k, v in cache.items()}
+class CacheBatches(Iterator):
+    """Endless batches of `batch_size` rows of the cache in a fresh seeded order every epoch (an epoch's
+    remainder starts the next batch). get_state() / set_state() resume at the same next batch."""
+
+    def __init__(self, cache: dict[str, np.ndarray], batch_size: int, seed: int):
+        self._cache, self._batch, self._seed = cache, batch_size, seed
+        self._n = len(cache["label"])
+        self._position = 0
+        self._orders: dict[int, np.ndarray] = {}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng([self._seed, epoch]).permutation(self._n)}
+        return self._orders[epoch]
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        positions = range(self._position, self._position + self._batch)
+        index = np.asarray([self._order(p // self._n)[p % self._n] for p in positions])
+        self._position += self._batch
+        return {k: v[index] for k, v in self._cache.items() if k != "aspect_ratio"}
+
+    def get_state(self) -> dict:
+        return {"position": self._position}
+
+    def set_state(self, state: dict) -> None:
+        self._position = int(state["position"])

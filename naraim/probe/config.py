@@ -15,14 +15,14 @@ from naraim.errors import UserError
 from naraim.model.config import resolve_model_config, validate_model_config
 from naraim.model.sizes import get_size
 from naraim.probe.bins import check_edges
-from naraim.probe.heads import DESCRIPTORS
-from naraim.train.config import WANDB_MODES
+from naraim.probe.features import parse_blocks
+from naraim.probe.heads import DESCRIPTORS, PROBE_HEADS
+from naraim.train.config import DECAY_MASKS, OPTIMIZERS, WANDB_MODES
 
-PROTOCOLS = ("attentive", "finetune", "linear")
+PROTOCOLS = ("attentive", "linear", "knn", "finetune")
 ATTENTIONS = ("bidirectional", "causal")
 CACHE_MODES = ("auto", "always", "never")
 TRAIN_TRANSFORMS = ("pretraining", "eval")
-# Data transforms that draw from the rng; a pipeline without them yields the same example every epoch.
 
 
 def override_template(defaults: ConfigDict) -> ConfigDict:
@@ -97,19 +97,42 @@ def validate(cfg: ConfigDict, num_devices: int | None = None) -> None:
     if cfg.eval_every < 0 or (cfg.eval.batch_size is not None and cfg.eval.batch_size < 1):
         raise UserError("eval_every must be >= 0 (0: only at the end) and eval.batch_size >= 1")
     if cfg.optim.lr <= 0 or not 0 <= cfg.optim.warmup_steps <= cfg.total_steps:
-        raise UserError("optim.lr must be > 0 and 0 <= optim.warmup_steps <= total_steps")
+        raise UserError(
+            f"optim.lr must be > 0 (got {cfg.optim.lr}) and 0 <= optim.warmup_steps <= total_steps "
+            f"(got {cfg.optim.warmup_steps} and {cfg.total_steps})"
+        )
+    _choice("optim.optimizer", cfg.optim.optimizer, OPTIMIZERS)
+    _choice("optim.decay", cfg.optim.decay, DECAY_MASKS)
+    if cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 1:
+        raise UserError(
+            f"checkpoint_every must be >= 0 (0: never; got {cfg.checkpoint_every}) and keep_checkpoints >= 1 "
+            f"(got {cfg.keep_checkpoints})"
+        )
     if not 0 < cfg.finetune.layer_decay <= 1 or not 0 <= cfg.finetune.label_smoothing < 1:
         raise UserError("finetune.layer_decay must be in (0, 1] and finetune.label_smoothing in [0, 1)")
     if min(cfg.finetune.mixup_alpha, cfg.finetune.cutmix_alpha) < 0 or not 0 <= cfg.finetune.mix_prob <= 1:
         raise UserError("finetune.mixup_alpha and cutmix_alpha must be >= 0 and finetune.mix_prob in [0, 1]")
     validate_model_config(cfg.model, get_size(cfg.model.variant)["patch"], int(cfg.data.max_tokens))
     validate_data_config(cfg.data, get_size(cfg.model.variant)["patch"])
-    depth = get_size(cfg.model.variant)["depth"]
-    for key, block in (("probe.block", cfg.probe.block), ("linear.block", cfg.linear.block)):
-        if block is not None and not -depth <= block < depth:
-            raise UserError(f"{key}={block} is outside the backbone's {depth} blocks: use 0..{depth - 1}")
+    specs = parse_blocks(cfg.probe.blocks, get_size(cfg.model.variant)["depth"])
     if cfg.probe.last_k < 1:
         raise UserError(f"probe.last_k={cfg.probe.last_k} must be at least 1")
+    _choice("probe.head", cfg.probe.head, PROBE_HEADS)
+    if any(float(lr) <= 0 for lr in cfg.probe.lrs):
+        raise UserError(f"probe.lrs={tuple(cfg.probe.lrs)} must all be > 0 (or empty: optim.lr)")
+    if not 0 <= cfg.probe.minival_fraction < 1 or not 0 <= cfg.probe.label_smoothing < 1:
+        raise UserError(
+            f"probe.minival_fraction={cfg.probe.minival_fraction} and probe.label_smoothing="
+            f"{cfg.probe.label_smoothing} must be in [0, 1)"
+        )
+    if cfg.knn.k < 1 or cfg.knn.temperature <= 0:
+        raise UserError(f"knn.k={cfg.knn.k} must be >= 1 and knn.temperature={cfg.knn.temperature} > 0")
+    heads = len(specs) * (1 if cfg.protocol == "knn" else max(1, len(cfg.probe.lrs)))
+    if cfg.protocol != "finetune" and heads > 1 and cfg.probe.minival_fraction == 0:
+        raise UserError(
+            f"probe.blocks={cfg.probe.blocks!r} x probe.lrs={tuple(cfg.probe.lrs)} makes {heads} heads, and "
+            "the one to report is selected on a minival split: set probe.minival_fraction (e.g. 0.1)"
+        )
     if cfg.probe.cache_features == "always" and has_randomness(cfg.data):
         raise UserError(
             f"probe.cache_features='always' but data.transforms={tuple(cfg.data.transforms)} is random; "

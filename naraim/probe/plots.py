@@ -48,3 +48,23 @@ def plot_accuracy_by_bin(
     fig.tight_layout(rect=(0, 0.07 * rows + 0.02, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_accuracy_by_block(per_head: list[dict], path: str, value_name: str = "lr", title: str = "") -> None:
+    """Writes a line chart to `path`: top-1 (%) on the evaluation split per feature (block index, then the
+    mean of the last blocks), one line per learning rate (or kNN k). per_head: results.json's list."""
+    features = list(dict.fromkeys(h["features"] for h in per_head))
+    values = list(dict.fromkeys(h[value_name] for h in per_head))
+    fig, ax = plt.subplots(figsize=(1.6 + 0.55 * len(features), 3.6))
+    x = np.arange(len(features))
+    for value in values:
+        acc = {h["features"]: 100 * h["top1"] for h in per_head if h[value_name] == value}
+        ax.plot(x, [acc.get(f, np.nan) for f in features], marker="o", label=f"{value_name} {value:g}")
+    ax.set_xticks(x, [str(f) if isinstance(f, int) else f.replace("_", " ") for f in features])
+    ax.set_xlabel("features: backbone block (0 = first)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title or "Top-1 accuracy by block")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,8 +1,12 @@
-"""results.json of a probe run: overall top-1/top-5 and top-1 per aspect-ratio bin.
+"""results.json of a probe run: overall top-1/top-5 and top-1 per aspect-ratio bin, of the selected head.
 
 File format (strict JSON): {"top1": float, "top5": float, "num_examples": int,
-"per_aspect_ratio_bin": [{"bin": [lo, hi], "count": int, "top1": float | null}, ...]}.
-Accuracies are fractions in [0, 1]. JSON has no infinity, so an unbounded upper edge is written as
+"per_aspect_ratio_bin": [{"bin": [lo, hi], "count": int, "top1": float | null}, ...],
+"selected": {"features": block index | "mean_last_<k>", "lr" (or "k" for kNN): x},
+"per_head": [{"features", "lr" (or "k"), "minival_top1": float | null, "top1", "top5", "num_examples",
+"per_aspect_ratio_bin"}, ...]}. The top-level figures are the selected head's on the evaluation split; the
+head is selected by its top-1 on the minival split (carved from the training split), never on the split
+reported. Accuracies are fractions in [0, 1]. JSON has no infinity, so an unbounded upper edge is written as
 null; `read_results` turns it back into math.inf. An empty bin has "top1": null.
 """
 
@@ -40,12 +44,52 @@ def summarize(top1: np.ndarray, top5: np.ndarray, aspect_ratio: np.ndarray, edge
     }
 
 
+def select_head(minival_top1: np.ndarray | None, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The index of the head with the best minival top-1 (the first of equals); (0, ..) without minival."""
+    if minival_top1 is None:
+        if int(np.prod(shape)) > 1:
+            raise ValueError("selecting among several heads needs minival accuracies")
+        return (0,) * len(shape)
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(minival_top1)), shape))
+
+
+def sweep_results(
+    top1: np.ndarray,
+    top5: np.ndarray,
+    aspect_ratio: np.ndarray,
+    edges: Sequence[float],
+    features: Sequence[int | str],
+    values: Sequence[float],
+    minival_top1: np.ndarray | None,
+    value_name: str = "lr",
+) -> dict:
+    """Results of a sweep: top1, top5 bool [M, F, V] on the evaluation split, one head per (features[f],
+    values[v]) (learning rates, or kNN's k with value_name 'k'); minival_top1 [F, V] or None (one head)."""
+    shape = (len(features), len(values))
+    per_head = []
+    for f, v in np.ndindex(*shape):
+        head = summarize(top1[:, f, v], top5[:, f, v], aspect_ratio, edges)
+        minival = None if minival_top1 is None else float(minival_top1[f, v])
+        per_head.append({"features": features[f], value_name: values[v], "minival_top1": minival, **head})
+    f, v = select_head(minival_top1, shape)
+    chosen = per_head[f * shape[1] + v]
+    return {
+        **{k: chosen[k] for k in ("top1", "top5", "num_examples", "per_aspect_ratio_bin")},
+        "selected": {"features": features[f], value_name: values[v]},
+        "per_head": per_head,
+    }
+
+
+def _json_bins(bins: list[dict]) -> list[dict]:
+    return [{**b, "bin": [None if math.isinf(e) else e for e in b["bin"]]} for b in bins]
+
+
 def _json_safe(results: dict) -> dict:
-    out = dict(results)
-    out["per_aspect_ratio_bin"] = [
-        {**b, "bin": [None if math.isinf(e) else e for e in b["bin"]]}
-        for b in results["per_aspect_ratio_bin"]
-    ]
+    out = dict(results, per_aspect_ratio_bin=_json_bins(results["per_aspect_ratio_bin"]))
+    if "per_head" in results:
+        out["per_head"] = [
+            dict(h, per_aspect_ratio_bin=_json_bins(h["per_aspect_ratio_bin"])) for h in out["per_head"]
+        ]
     return out
 
 
@@ -63,8 +107,17 @@ def read_results(run: str) -> dict:
     path = os.path.join(run, RESULTS_FILE) if os.path.isdir(run) else run
     if not os.path.isfile(path):
         raise UserError(f"no {RESULTS_FILE} at {path}: pass the workdir of a finished probe run")
-    with open(path) as f:
-        results = json.load(f)
-    for b in results["per_aspect_ratio_bin"]:
-        b["bin"] = [math.inf if e is None else float(e) for e in b["bin"]]
+    try:
+        with open(path) as f:
+            results = json.load(f)
+        bin_lists = [results["per_aspect_ratio_bin"]] + [
+            h["per_aspect_ratio_bin"] for h in results.get("per_head", [])
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(
+            f"{path} is not a readable results file ({type(e).__name__}); re-run its probe"
+        ) from None
+    for bins in bin_lists:
+        for b in bins:
+            b["bin"] = [math.inf if e is None else float(e) for e in b["bin"]]
     return results

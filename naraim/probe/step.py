@@ -1,8 +1,7 @@
-"""Probe / fine-tuning train state, the jitted train step and the eval step.
+"""Fine-tuning: train state, the jitted train step and the eval step.
 
-State: {'params': trainable params ({'head'} for frozen protocols, {'backbone', 'head'} for fine-tuning),
-'batch_stats': the head's BatchNorm statistics, 'opt_state', 'step', 'rng'}. A frozen backbone's parameters
-are a separate, read-only argument: they are never in the optimizer and never updated.
+State: {'params': {'backbone', 'head'}, 'batch_stats': the head's BatchNorm statistics, 'opt_state', 'step',
+'rng'}. Frozen protocols use naraim.probe.sweep.
 """
 
 from collections.abc import Callable
@@ -18,13 +17,11 @@ from naraim.probe.mixup import mix_batch
 
 
 def init_params(clf: Classifier, backbone_params: dict, sample: dict, seed: int) -> tuple[dict, dict]:
-    """(trainable params, head batch_stats); `sample` is a batch of model inputs that shapes the head."""
+    """(params {'backbone', 'head'}, head batch_stats); `sample` is a batch of model inputs that shapes the
+    head."""
     features = clf.features(backbone_params, sample)
     head_vars = clf.head.init(jax.random.PRNGKey(seed), features, sample["length"], False)
-    params = {"head": head_vars["params"]}
-    if not clf.frozen:
-        params["backbone"] = backbone_params
-    return params, head_vars.get("batch_stats", {})
+    return {"backbone": backbone_params, "head": head_vars["params"]}, head_vars.get("batch_stats", {})
 
 
 def init_state(params: dict, batch_stats: dict, optimizer: optax.GradientTransformation, seed: int) -> dict:
@@ -49,37 +46,26 @@ def make_train_step(
     schedule: optax.Schedule,
     cfg: ConfigDict,
     num_classes: int,
-    cached: bool,
 ) -> Callable:
-    """Returns jitted step(state, frozen_backbone_params, batch) -> (state, metrics) with the state donated.
+    """Returns jitted step(state, batch) -> (state, metrics) with the state donated.
 
-    cached: batch = {'features' [B,N,D], 'length', 'label'} from the feature cache; else the batch contract
-    (the features are computed by the backbone inside the step). frozen_backbone_params: the backbone's params
-    for frozen protocols, None for fine-tuning. Fine-tuning applies label smoothing and mixup/CutMix.
+    batch: the batch contract. Applies label smoothing and mixup/CutMix (cfg.finetune).
     """
-    finetune = not clf.frozen
     ft = cfg.finetune
-    smoothing = float(ft.label_smoothing) if finetune else 0.0
 
-    def loss_fn(params, batch_stats, frozen, batch, rng):
-        targets = _targets(batch["label"], num_classes, smoothing)
-        if cached:
-            features = batch["features"]
-        else:
-            if finetune:
-                batch, targets = mix_batch(rng, batch, targets, ft.mixup_alpha, ft.cutmix_alpha, ft.mix_prob)
-            features = clf.features(params["backbone"] if finetune else frozen, batch)
+    def loss_fn(params, batch_stats, batch, rng):
+        targets = _targets(batch["label"], num_classes, float(ft.label_smoothing))
+        batch, targets = mix_batch(rng, batch, targets, ft.mixup_alpha, ft.cutmix_alpha, ft.mix_prob)
+        features = clf.features(params["backbone"], batch)
         head_vars = {"params": params["head"], **({"batch_stats": batch_stats} if batch_stats else {})}
         logits, new_stats = clf.logits(head_vars, features, batch["length"], train=True)
         loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
         return loss, (logits, new_stats)
 
-    def step(state, frozen, batch):
+    def step(state, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (logits, new_stats)), grads = grad_fn(
-            state["params"], state["batch_stats"], frozen, batch, rng
-        )
+        (loss, (logits, new_stats)), grads = grad_fn(state["params"], state["batch_stats"], batch, rng)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         metrics = {
             "loss": loss,
@@ -100,11 +86,10 @@ def make_train_step(
 
 
 def make_eval_step(clf: Classifier) -> Callable:
-    """Returns jitted eval(state, frozen_backbone_params, batch) -> (top1 bool [B], top5 bool [B])."""
+    """Returns jitted eval(state, batch) -> (top1 bool [B], top5 bool [B])."""
 
-    def evaluate(state, frozen, batch):
-        backbone_params = frozen if clf.frozen else state["params"]["backbone"]
-        features = clf.features(backbone_params, batch)
+    def evaluate(state, batch):
+        features = clf.features(state["params"]["backbone"], batch)
         head_vars = {"params": state["params"]["head"]}
         if state["batch_stats"]:
             head_vars["batch_stats"] = state["batch_stats"]

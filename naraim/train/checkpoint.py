@@ -35,6 +35,13 @@ def decode_iterator_state(encoded: dict):
     return encoded["dict"]
 
 
+def abstract_like(state):
+    """ShapeDtypeStructs (with the arrays' shardings) of a pytree of jax.Arrays: what restore() lays out."""
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+    )
+
+
 def gather_across_processes(text: str) -> list[str]:
     """Every process's string, in process order (a collective: all processes must call it)."""
     if jax.process_count() == 1:

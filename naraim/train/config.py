@@ -13,6 +13,7 @@ from naraim.objectives.config import default_loss_config, validate_loss_config
 WANDB_MODES = ("disabled", "offline", "online")
 SCHEDULES = ("naraim", "naraim_ref", "cosine", "constant")
 DECAY_MASKS = ("kernels", "all")
+OPTIMIZERS = ("adamw", "lars")
 
 
 def default_pretrain_config() -> ml_collections.ConfigDict:
@@ -35,6 +36,7 @@ def default_pretrain_config() -> ml_collections.ConfigDict:
     cfg.data = default_data_config()
 
     cfg.optim = ml_collections.ConfigDict()
+    cfg.optim.optimizer = "adamw"  # 'adamw' | 'lars' (b1 is its momentum)
     # 'naraim': warmup, exponential decay to lr * decay_rate at the end, times a linear ramp over the
     # cooldown; 'naraim_ref': the reference code's formula (naraim/train/schedules.py); 'cosine'; 'constant'
     cfg.optim.schedule = "naraim"
@@ -105,6 +107,8 @@ def validate_pretrain_config(cfg: ml_collections.ConfigDict, num_devices: int | 
             f"optim.warmup_steps + optim.cooldown_steps = {cfg.optim.warmup_steps + cooldown} "
             f"exceed total_steps={cfg.total_steps}; shorten them or train longer"
         )
+    if cfg.optim.optimizer not in OPTIMIZERS:
+        raise UserError(f"optim.optimizer={cfg.optim.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
     if cfg.optim.decay not in DECAY_MASKS:
         raise UserError(f"optim.decay={cfg.optim.decay!r}; use one of {', '.join(DECAY_MASKS)}")
     validate_loss_config(cfg.loss, cfg.model.head)

@@ -56,8 +56,9 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
 def make_optimizer(
     optim: ConfigDict, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Global-norm clipping (optim.clip_norm, 0 = off) then AdamW(lr schedule, b1, b2, eps, weight_decay) with
-    decay on the parameters optim.decay names ('kernels': decay_mask; 'all').
+    """Global-norm clipping (optim.clip_norm, 0 = off) then optim.optimizer: AdamW(lr schedule, b1, b2, eps,
+    weight_decay) or LARS(lr schedule, weight_decay, momentum b1), with weight decay on the parameters
+    optim.decay names ('kernels': decay_mask; 'all').
 
     Returns (optimizer, schedule); the schedule maps the optimizer step to the learning rate for logging.
     optimizer.update accepts grad_norm=, the gradients' global norm if the caller has it.
@@ -66,14 +67,17 @@ def make_optimizer(
     parts = []
     if optim.clip_norm > 0:
         parts.append(clip_by_global_norm(optim.clip_norm))
-    parts.append(
-        optax.adamw(
-            schedule,
-            b1=optim.b1,
-            b2=optim.b2,
-            eps=optim.eps,
-            weight_decay=optim.weight_decay,
-            mask=decay_mask if optim.get("decay", "kernels") == "kernels" else None,
+    mask = decay_mask if optim.decay == "kernels" else None
+    if optim.optimizer == "lars":
+        parts.append(
+            optax.lars(
+                schedule, weight_decay=optim.weight_decay, weight_decay_mask=mask or True, momentum=optim.b1
+            )
         )
-    )
+    else:
+        parts.append(
+            optax.adamw(
+                schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay, mask=mask
+            )
+        )
     return optax.chain(*parts), schedule

@@ -11,7 +11,7 @@ from naraim.data.pipeline import make_train_iterator
 from naraim.errors import UserError
 from naraim.model.model import make_model
 from naraim.model.sizes import patch_size
-from naraim.train.checkpoint import Checkpointer, write_config
+from naraim.train.checkpoint import Checkpointer, abstract_like, write_config
 from naraim.train.config import validate_pretrain_config
 from naraim.train.evaluation import Evaluator
 from naraim.train.mesh import global_batch, make_mesh
@@ -23,12 +23,6 @@ from naraim.train.step import init_state, make_train_step
 
 class TrainingDiverged(UserError):
     """The loss or gradient norm became NaN/Inf; the last good checkpoint is kept."""
-
-
-def _abstract(state):
-    return jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
-    )
 
 
 def train(cfg: ConfigDict, workdir: str) -> dict:
@@ -52,7 +46,7 @@ def train(cfg: ConfigDict, workdir: str) -> dict:
     checkpointer = Checkpointer(workdir, cfg.keep_checkpoints, cfg.keep_every)
     step = checkpointer.latest_step() or 0
     if step:
-        state, iterator_state = checkpointer.restore(step, _abstract(state))
+        state, iterator_state = checkpointer.restore(step, abstract_like(state))
         train_iter.set_state(iterator_state)
     else:
         write_config(workdir, cfg)
