@@ -19,6 +19,7 @@ import numpy as np
 from absl import flags
 
 from naraim.cli import run_main
+from naraim.data.config import token_budget
 from naraim.model.model import make_model
 from naraim.model.sizes import get_size
 from naraim.model.vit import make_backbone
@@ -41,8 +42,8 @@ def _page_faults() -> int:
 
 def random_batch(cfg, rng: np.random.Generator) -> dict:
     """A full-length batch: a near-square grid holding exactly data.max_tokens patches."""
-    b, n = cfg.batch_size // jax.process_count(), cfg.data.max_tokens
     p = get_size(cfg.model.variant)["patch"]
+    b, n = cfg.batch_size // jax.process_count(), token_budget(cfg.data, p)
     cols = next(c for c in range(int(np.sqrt(n)), 0, -1) if n % c == 0)
     rows = n // cols
     coords = np.stack(np.divmod(np.arange(n), cols), -1).astype(np.int32)
@@ -92,7 +93,7 @@ def main() -> None:
 
     size = get_size(cfg.model.variant)
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(state["params"]))
-    n = cfg.data.max_tokens
+    n = token_budget(cfg.data, size["patch"])
     flops = train_flops_per_step(num_params, cfg.batch_size, n, size["depth"], size["width"])
     # best of a measurement before and after the timed steps (a busy machine lowers either)
     peak = max(peak_before, matmul_peak_flops(dtype)) * jax.device_count()
@@ -102,11 +103,11 @@ def main() -> None:
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "attention_impl": make_backbone(cfg.model).attention_impl,  # the core the model runs
         "batch_size": cfg.batch_size,
-        "tokens": cfg.data.max_tokens,
+        "tokens": n,
         "params": int(num_params),
         "step_time_s": step_time,
         "images_per_sec": cfg.batch_size / step_time,
-        "tokens_per_sec": cfg.batch_size * cfg.data.max_tokens / step_time,
+        "tokens_per_sec": cfg.batch_size * n / step_time,
         "model_gflop_per_step": flops / 1e9,
         "xla_gflop_per_step": None if xla_flops is None else float(xla_flops) / 1e9,
         "model_gflop_per_sec": flops / step_time / 1e9,

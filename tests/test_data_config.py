@@ -20,7 +20,7 @@ def test_defaults_are_valid():
     "kw, patch, needle",
     [
         ({}, 15, "does not divide"),
-        ({"max_tokens": 0}, 14, "below one patch"),
+        ({"max_tokens": -1}, 14, "is negative"),
         ({"transforms": ("native_aspect_ratio_resize", "blur")}, 14, "unknown transform 'blur'"),
         ({"transforms": ("random_crop_native",)}, 14, "must end its geometry"),
         ({"eval_transforms": ("horizontal_flip",)}, 14, "must end its geometry"),

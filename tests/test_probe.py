@@ -137,6 +137,9 @@ def test_naraim_and_darl_probe_variants_follow_the_papers(workdir):
     assert sw.specs == (backbone.depth - 1,) and type(sw.head).__name__ == "ReferenceProbeHead"
     linear = load_config("probe", "darl_linear")
     assert (linear.protocol, linear.attention, linear.optim.optimizer) == ("linear", "causal", "lars")
+    linear.init_from = workdir
+    resolved, backbone, _, classes = prepare(linear)
+    assert make_sweep(resolved, backbone, classes).attention == "causal"  # the backbone runs causally
     ft = load_config("probe", "darl_finetune")
     assert (ft.protocol, ft.attention, ft.finetune.mixup_alpha, ft.finetune.cutmix_alpha) == (
         "finetune",

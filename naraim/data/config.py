@@ -24,7 +24,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
     cfg.source = "synthetic"  # 'synthetic' | 'folder:PATH' | 'tfds:NAME' | 'arrayrecord:GLOB'
     cfg.image_size = 224  # S: images are resized to about S*S pixels
-    cfg.max_tokens = 256  # N: token budget every example is padded to
+    cfg.max_tokens = (
+        256  # N: token budget every example is padded to; 0 = (image_size / patch)^2, the square grid
+    )
     cfg.transforms = ("native_aspect_ratio_resize", "horizontal_flip")  # training, applied in order
     cfg.eval_transforms = ("native_aspect_ratio_resize",)
     cfg.ordering = "raster"
@@ -75,6 +77,12 @@ def synthetic_sides(cfg: ml_collections.ConfigDict) -> tuple[int, int]:
     return lo, hi
 
 
+def token_budget(cfg: ml_collections.ConfigDict, patch_size: int) -> int:
+    """N, the tokens every example is padded to: data.max_tokens, or with 0 the (S/P)^2 patches of an S x S
+    image (square recipes: the budget follows data.image_size and the model's patch)."""
+    return int(cfg.max_tokens) or (int(cfg.image_size) // patch_size) ** 2
+
+
 def source_kind(source: str) -> tuple[str, str]:
     """Splits `data.source` into (kind, argument): 'folder:/x' -> ('folder', '/x')."""
     kind, _, arg = source.partition(":")
@@ -109,16 +117,18 @@ def _check_transforms(name: str, transforms, image_size: int, patch_size: int, m
 
 def validate_data_config(cfg: ml_collections.ConfigDict, patch_size: int) -> None:
     """Raises UserError naming the first bad `data.*` value (cfg is the `data` section)."""
-    s, n = int(cfg.image_size), int(cfg.max_tokens)
+    s = int(cfg.image_size)
     if patch_size <= 0 or s <= 0 or s % patch_size:
         raise UserError(
             f"patch size {patch_size} does not divide data.image_size={s}; pick an image size that is a "
             "multiple of the patch size"
         )
-    if n < 1:
+    if int(cfg.max_tokens) < 0:
         raise UserError(
-            f"data.max_tokens={n} is below one patch; use at least 1 (e.g. {(s // patch_size) ** 2})"
+            f"data.max_tokens={cfg.max_tokens} is negative; use at least 1 (e.g. {(s // patch_size) ** 2}), "
+            "or 0 for the square grid"
         )
+    n = token_budget(cfg, patch_size)
     _check_transforms("data.transforms", cfg.transforms, s, patch_size, n)
     _check_transforms("data.eval_transforms", cfg.eval_transforms, s, patch_size, n)
     if int(cfg.num_workers) < 0:

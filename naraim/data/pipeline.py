@@ -26,7 +26,7 @@ from absl import flags
 from PIL import Image
 
 from naraim.data import orderings
-from naraim.data.config import validate_data_config
+from naraim.data.config import token_budget, validate_data_config
 from naraim.data.decode import BadImageError, decode_image, upscale_to_patch
 from naraim.data.sources import Source, open_source
 from naraim.data.tokens import to_tokens
@@ -127,7 +127,7 @@ def _empty_example(patch_size: int, max_tokens: int) -> dict[str, np.ndarray]:
 def _loader(
     data_cfg: ml_collections.ConfigDict, split: str, names, patch_size: int, seed: int
 ) -> ExampleLoader:
-    s, n = int(data_cfg.image_size), int(data_cfg.max_tokens)
+    s, n = int(data_cfg.image_size), token_budget(data_cfg, patch_size)
     transforms = tuple(
         make_transform(
             t,

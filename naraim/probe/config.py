@@ -9,7 +9,7 @@ import math
 import jax
 from ml_collections import ConfigDict, config_dict
 
-from naraim.data.config import default_data_config, validate_data_config
+from naraim.data.config import default_data_config, token_budget, validate_data_config
 from naraim.data.transforms import draws_randomness
 from naraim.errors import UserError
 from naraim.model.config import resolve_model_config, validate_model_config
@@ -112,7 +112,8 @@ def validate(cfg: ConfigDict, num_devices: int | None = None) -> None:
         raise UserError("finetune.layer_decay must be in (0, 1] and finetune.label_smoothing in [0, 1)")
     if min(cfg.finetune.mixup_alpha, cfg.finetune.cutmix_alpha) < 0 or not 0 <= cfg.finetune.mix_prob <= 1:
         raise UserError("finetune.mixup_alpha and cutmix_alpha must be >= 0 and finetune.mix_prob in [0, 1]")
-    validate_model_config(cfg.model, get_size(cfg.model.variant)["patch"], int(cfg.data.max_tokens))
+    patch = get_size(cfg.model.variant)["patch"]
+    validate_model_config(cfg.model, patch, token_budget(cfg.data, patch))
     validate_data_config(cfg.data, get_size(cfg.model.variant)["patch"])
     specs = parse_blocks(cfg.probe.blocks, get_size(cfg.model.variant)["depth"])
     if cfg.probe.last_k < 1:

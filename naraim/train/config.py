@@ -4,7 +4,7 @@ heavy starts)."""
 import jax
 import ml_collections
 
-from naraim.data.config import default_data_config, validate_data_config
+from naraim.data.config import default_data_config, token_budget, validate_data_config
 from naraim.errors import UserError
 from naraim.model.config import default_model_config, validate_model_config
 from naraim.model.sizes import patch_size
@@ -87,7 +87,7 @@ def validate_pretrain_config(cfg: ml_collections.ConfigDict, num_devices: int | 
     )
     p = patch_size(cfg.model.variant)
     validate_data_config(cfg.data, p)
-    validate_model_config(cfg.model, p, cfg.data.max_tokens)
+    validate_model_config(cfg.model, p, token_budget(cfg.data, p))
     num_devices = jax.device_count() if num_devices is None else num_devices
     divisor = num_devices * cfg.micro_batches
     if cfg.batch_size % divisor:

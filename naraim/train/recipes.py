@@ -3,17 +3,35 @@ other)."""
 
 import ml_collections
 
-from naraim.model.sizes import patch_size
 from naraim.train.config import default_pretrain_config
 
 
 def square_aim_data(cfg: ml_collections.ConfigDict) -> None:
-    """AIM's square geometry (set model.variant and data.image_size first): RandomResizedCrop to SxS + flip
-    for training; shorter side to S*8/7 then the central SxS for evaluation; a budget of exactly (S/P)^2
-    tokens."""
+    """AIM's square geometry: RandomResizedCrop to SxS + flip for training; shorter side to S*8/7 then the
+    central SxS for evaluation; a budget of exactly (S/P)^2 tokens (data.max_tokens 0, so it follows
+    overrides of data.image_size and model.variant)."""
     cfg.data.transforms = ("random_resized_crop", "horizontal_flip")
     cfg.data.eval_transforms = ("resize_shorter_center_crop",)
-    cfg.data.max_tokens = (cfg.data.image_size // patch_size(cfg.model.variant)) ** 2
+    cfg.data.max_tokens = 0
+
+
+def naraim_reference(cfg: ml_collections.ConfigDict) -> None:
+    """The NARAIM reference code's settings (github daniel-gallo/naraim; docs/reproducing.md): per-image loss
+    mean, raw targets in [0, 1], a float32 residual stream, pixels / 255 as input, bicubic resizing of
+    full-resolution decodes with its native-resize rounding, its schedule formula, weight decay on every
+    parameter, and the reference validation MSE on the whole validation split."""
+    cfg.loss.average = "per_image"
+    cfg.loss.raw_scale = "unit"
+    cfg.model.residual_dtype = "float32"
+    cfg.model.pixel_scale = "unit"
+    cfg.data.resample = "bicubic"
+    cfg.data.native_grid = "reference"
+    cfg.data.native_crop = "center"
+    cfg.data.jpeg_draft = False
+    cfg.optim.schedule = "naraim_ref"
+    cfg.optim.decay = "all"
+    cfg.optim.end_lr = 0.0
+    cfg.eval.num_examples = -1
 
 
 def vit_b14_imagenet(cfg: ml_collections.ConfigDict) -> None:
@@ -29,22 +47,48 @@ def vit_b14_imagenet(cfg: ml_collections.ConfigDict) -> None:
 
 
 def aim_scale_config(model_variant: str) -> ml_collections.ConfigDict:
-    """AIM-0.6B .. AIM-7B on square ImageNet images: MLP head (12 blocks), bfloat16 compute, FSDP, cosine lr,
-    global batch 4096 (AIM's), remat of the blocks to fit activations."""
+    """AIMv1 (AIM-0.6B .. AIM-7B) as Apple trains it (github apple/ml-l3m configs/aimv1/001_aim_v1_600M.yaml,
+    apple/ml-aim): patch embedding + LayerNorm, bias-free trunk, exact GELU, LayerNorm eps 1e-5, xavier
+    uniform init, an MLP head of its own width (12 blocks of width 2048, MLP ratio 4); RandomResizedCrop
+    (bicubic, area [0.4, 1]), flip and colour jitter (0.4, 0.4, 0.2, 0.1) with p 0.8; ImageNet mean/std;
+    AdamW lr 1e-3, betas (0.9, 0.95), weight decay 0.05 on kernels only, clipping 1.0, warmup over 2.5% of
+    125k steps then cosine to 0; bfloat16 compute with a float32 stream; batch 4096, FSDP, remat, nn.scan."""
     cfg = default_pretrain_config()
     cfg.model.variant = model_variant
     cfg.model.posemb = "absolute_sincos_2d"
     cfg.model.attention = "prefix_causal"
+    cfg.model.patch_norm = True
+    cfg.model.use_bias = False
+    cfg.model.gelu = "exact"
+    cfg.model.norm_eps = 1e-5
+    cfg.model.weight_init = "xavier"
     cfg.model.head = "mlp"
     cfg.model.head_depth = 12
+    cfg.model.head_width = 2048
+    cfg.model.head_mlp_ratio = 4.0
     cfg.model.dtype = "bfloat16"
+    cfg.model.residual_dtype = "float32"
     cfg.model.remat = "dots_with_no_batch_dims_saveable"
     cfg.model.scan = True
     cfg.mesh.fsdp = True
     cfg.data.source = "tfds:imagenet2012"
     cfg.data.image_size = 224
     square_aim_data(cfg)
+    cfg.data.transforms = ("random_resized_crop", "horizontal_flip", "color_jitter")
+    cfg.data.resample = "bicubic"
+    cfg.data.color_jitter = (0.4, 0.4, 0.2, 0.1)
+    cfg.data.color_jitter_prob = 0.8
+    cfg.loss.norm_pix = True
+    cfg.loss.average = "per_patch"
     cfg.batch_size = 4096
+    cfg.total_steps = 125_000
     cfg.optim.schedule = "cosine"
+    cfg.optim.lr = 1e-3
+    cfg.optim.b1, cfg.optim.b2 = 0.9, 0.95
+    cfg.optim.weight_decay = 0.05
+    cfg.optim.decay = "kernels"
+    cfg.optim.clip_norm = 1.0
+    cfg.optim.warmup_steps = 3_125  # 2.5% of 125k
+    cfg.optim.end_lr = 0.0
     cfg.variant = "base"
     return cfg

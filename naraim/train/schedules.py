@@ -52,7 +52,8 @@ def naraim_ref_schedule(
 
     def schedule(step):
         t = jnp.asarray(step, jnp.float32)
-        warm = peak_lr * jnp.minimum(t / max(warmup_steps, 1), 1.0)
+        # optax.linear_schedule's arithmetic, as the reference uses it
+        warm = -peak_lr * (1.0 - jnp.clip(t, 0.0, warmup_steps) / max(warmup_steps, 1)) + peak_lr
         decay = peak_lr * decay_rate ** ((t - warmup_steps) / decay_span)
         cool = peak_lr * decay_rate * (1.0 - (t - cooldown_start) / max(cooldown_steps, 1))
         cool = jnp.maximum(min_lr, cool)

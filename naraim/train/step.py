@@ -10,6 +10,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
+from naraim.data.config import token_budget
 from naraim.model.model import MODEL_INPUTS
 from naraim.model.sizes import patch_size
 from naraim.objectives import diffusion
@@ -20,7 +21,7 @@ from naraim.train.mesh import DATA_AXIS, state_shardings
 def dummy_batch(cfg: ConfigDict, batch_size: int) -> dict:
     """Zero inputs with the run's static shapes (length 1), for initialisation and shape inference."""
     p = patch_size(cfg.model.variant)
-    n = cfg.data.max_tokens
+    n = token_budget(cfg.data, p)
     return {
         "patches": jnp.zeros((batch_size, n, p * p * 3), jnp.uint8),
         "coords": jnp.zeros((batch_size, n, 2), jnp.int32),

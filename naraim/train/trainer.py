@@ -7,6 +7,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from naraim.data.config import token_budget
 from naraim.data.pipeline import make_train_iterator
 from naraim.errors import UserError
 from naraim.model.model import make_model
@@ -95,7 +96,7 @@ def train(cfg: ConfigDict, workdir: str) -> dict:
                     "grad_norm": float(np.mean([m["grad_norm"] for m in window])),
                     "lr": float(window[-1]["lr"]),
                     "images_per_sec": ips,
-                    "tokens_per_sec": ips * cfg.data.max_tokens,
+                    "tokens_per_sec": ips * token_budget(cfg.data, patch_size(cfg.model.variant)),
                 }
                 logger.write(step, "train", record)
                 bar.update(step, record["loss"], record["lr"], ips)
