@@ -269,3 +269,20 @@ def test_color_jitter_and_rand_augment_are_seeded_and_keep_the_geometry():
     for name, op in augment.RAND_AUGMENT_OPS.items():
         assert op(image, 0.9, np.random.default_rng(0)).size == image.size, name
     assert T.draws_randomness(["color_jitter"], 0.5) and T.draws_randomness(["rand_augment"], 0.5)
+
+
+def test_jpeg_draft_off_decodes_at_full_resolution():
+    """The paper configs decode full-size JPEGs (data.jpeg_draft False), as the reference does; with the
+    draft on, a large JPEG is decoded at a reduced DCT scale that still holds the pixels the crop needs."""
+    import io
+
+    from naraim.data.decode import decode_image
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    assert decode_image(data, min_area=0).size == (1600, 1200)
+    need = T.min_source_pixels(("random_crop_native", "native_aspect_ratio_resize"), 224, (0.4, 1.0))
+    drafted = decode_image(data, min_area=need)
+    assert drafted.size[0] < 1600 and drafted.size[0] * drafted.size[1] >= need
