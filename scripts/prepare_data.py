@@ -26,12 +26,19 @@ def main() -> None:
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images")
     parser.add_argument("--workers", type=int, default=1, help="processes decoding and resizing")
     parser.add_argument("--tfds_data_dir", default="", help="TFDS data dir (tfds: sources)")
+    parser.add_argument(
+        "--holdout_fraction",
+        type=float,
+        default=0.1,
+        help="folder without split folders: share of each class held out (seeded) as the validation split",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from naraim.data.config import default_data_config
 
     cfg = default_data_config()
     cfg.tfds_data_dir = args.tfds_data_dir
+    cfg.holdout_fraction = args.holdout_fraction
     counts = write_arrayrecord(
         args.source,
         [s for s in args.splits.split(",") if s],

@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +76,8 @@ def test_folder_source_on_clothing_small():
     assert sizes == {"train": 3068, "validation": 341, "test": 372}
     src = open_source(cfg, "validation")
     assert src.classes == sorted(os.listdir(CLOTHING / "train")) and src.num_classes == 10
-    raw, label, path = src[0]
+    raw, label, path, aspect_ratio = src[0]
+    assert aspect_ratio is None  # from the decoded image
     assert isinstance(raw, bytes) and src.classes[label] == Path(path).parent.name
     assert open_source(cfg, "val").classes == src.classes  # 'val' is an alias of 'validation'
     cfg.image_size, cfg.max_tokens = 112, 64
@@ -169,7 +171,13 @@ def test_tfds_source_reads_a_locally_built_dataset(tmp_path):
 
 
 def test_arrayrecord_records_round_trip():
-    assert decode_record(encode_record(b"\x01\x02img", 7, "a/b.jpg")) == (b"\x01\x02img", 7, "a/b.jpg")
+    record = encode_record(b"\x01\x02img", 7, "a/b.jpg", 0.75)
+    assert decode_record(record) == (b"\x01\x02img", 7, "a/b.jpg", 0.75)
+    assert decode_record(encode_record(b"x", 1, "n"))[3] is None  # unknown aspect ratio
+    v1 = struct.pack("<iH", 3, 1) + b"n" + b"img"  # shards written before the aspect ratio was stored
+    assert decode_record(v1, record_format=1) == (b"img", 3, "n", None)
+    with pytest.raises(struct.error):
+        decode_record(b"\x01\x02\x03")
 
 
 def test_prepare_data_writes_pre_resized_shards_the_pipeline_reads(tmp_path):
@@ -193,8 +201,12 @@ def test_prepare_data_writes_pre_resized_shards_the_pipeline_reads(tmp_path):
         assert im.size[0] * im.size[1] <= 20000 * 1.01
         original_aspect = (300 + 100 * int(Path(src[i][2]).stem)) / 200
         assert abs(im.size[0] / im.size[1] - original_aspect) < 0.02  # aspect ratio kept
+        assert src[i][3] == pytest.approx(original_aspect, rel=1e-6)  # and stored exactly
     batches = list(make_eval_iterator(cfg, split="validation", patch_size=14, global_batch_size=4))
     assert sum(int(b["valid"].sum()) for b in batches) == 6
+    # the batches report the original aspect ratio, not the pre-resized image's (rounded) one
+    ratios = np.concatenate([b["aspect_ratio"][b["valid"]] for b in batches])
+    np.testing.assert_allclose(np.sort(ratios), np.repeat([1.5, 2.0, 2.5], 2), rtol=1e-6)
     with pytest.raises(UserError, match="no ArrayRecord files"):
         open_source(_cfg(f"arrayrecord:{tmp_path}/none-*.array_record"), "train")
 

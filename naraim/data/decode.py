@@ -62,6 +62,18 @@ def decode_image(data: bytes, *, patch_size: int = 1, min_area: int = 0) -> Imag
     return upscale_to_patch(im, patch_size)
 
 
+def oriented_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of the encoded image as decode_image shows it (EXIF rotations applied), read from its
+    header without decoding the pixels. BadImageError if the header is unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except Exception as e:
+        raise BadImageError(f"{type(e).__name__}: {e}") from None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
 def upscale_to_patch(image: Image.Image, patch_size: int) -> Image.Image:
     """The image upscaled (aspect kept) so that both sides are >= patch_size; unchanged if they are."""
     w, h = image.size

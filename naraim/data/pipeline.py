@@ -27,7 +27,7 @@ from PIL import Image
 
 from naraim.data import orderings
 from naraim.data.config import token_budget, validate_data_config
-from naraim.data.decode import BadImageError, decode_image, upscale_to_patch
+from naraim.data.decode import decode_image, upscale_to_patch
 from naraim.data.sources import Source, open_source
 from naraim.data.tokens import to_tokens
 from naraim.data.transforms import Transform, apply_transforms, make_transform, min_source_pixels
@@ -54,20 +54,31 @@ class ExampleLoader:
     min_area: int
     ordering: str
 
-    def decode(self, index: int) -> tuple[Image.Image, int] | None:
-        """(RGB image, label) of source[index], or None (warned and counted) if unusable."""
+    def decode(self, index: int) -> tuple[Image.Image, int, float | None] | None:
+        """(RGB image, label, the original's aspect ratio if the source stores it) of source[index], or None
+        (warned and counted) if anything about it fails: reading, the container, decoding."""
         name = f"example {index}"
         try:
-            raw, label, name = self.source[index]
+            raw, label, name, aspect_ratio = self.source[index]
             if isinstance(raw, np.ndarray):
-                return upscale_to_patch(Image.fromarray(raw), self.patch_size), int(label)
-            return decode_image(raw, patch_size=self.patch_size, min_area=self.min_area), int(label)
-        except (BadImageError, OSError) as e:
+                image = upscale_to_patch(Image.fromarray(raw), self.patch_size)
+            else:
+                image = decode_image(raw, patch_size=self.patch_size, min_area=self.min_area)
+            return image, int(label), aspect_ratio
+        except Exception as e:  # a bad example is skipped whatever the source, container or decoder raised
             _skipped["count"] += 1
-            log.warning("skipping unusable image %s (%s); %d skipped so far", name, e, _skipped["count"])
+            log.warning(
+                "skipping unusable image %s (%s: %s); %d skipped so far",
+                name,
+                type(e).__name__,
+                e,
+                _skipped["count"],
+            )
             return None
 
-    def tokens(self, image: Image.Image, label: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def tokens(
+        self, image: Image.Image, label: int, aspect_ratio: float | None, rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
         w, h = image.size
         ex = to_tokens(
             np.asarray(apply_transforms(image, rng, self.transforms)),
@@ -79,7 +90,7 @@ class ExampleLoader:
                 ex["patches"], ex["coords"], ex["grid"], int(ex["length"]), self.ordering
             )
         ex["label"] = np.int32(label)
-        ex["aspect_ratio"] = np.float32(w / h)
+        ex["aspect_ratio"] = np.float32(w / h if aspect_ratio is None else aspect_ratio)
         return ex
 
     def require_usable(self) -> None:

@@ -15,9 +15,9 @@ import ml_collections
 from PIL import Image
 
 from naraim.data.config import default_data_config
-from naraim.data.decode import BadImageError, decode_image
+from naraim.data.decode import decode_image, oriented_size
 from naraim.data.sources import open_source
-from naraim.data.sources.arrayrecord import METADATA_FILE, encode_record
+from naraim.data.sources.arrayrecord import METADATA_FILE, RECORD_FORMAT, encode_record
 from naraim.errors import UserError
 
 log = logging.getLogger("naraim.data")
@@ -33,19 +33,22 @@ def shrink_to_area(image: Image.Image, max_area: int) -> Image.Image:
 
 
 def _convert(args: tuple) -> bytes | None:
-    """One example -> record bytes, or None if it does not decode."""
+    """One example -> record bytes (with the original's width / height), or None if it does not decode."""
     source, index, max_area, quality = args
-    raw, label, name = source[index]
+    name = f"example {index}"
     try:
-        if isinstance(raw, bytes) and not max_area:
-            decode_image(raw)  # only checks that it decodes
-            return encode_record(raw, label, name)
+        raw, label, name, aspect_ratio = source[index]
         image = Image.fromarray(raw) if not isinstance(raw, bytes) else decode_image(raw, min_area=max_area)
+        if aspect_ratio is None:  # of the original image, not of its draft decode or pre-resized copy
+            w, h = oriented_size(raw) if isinstance(raw, bytes) else image.size
+            aspect_ratio = w / h
+        if isinstance(raw, bytes) and not max_area:
+            return encode_record(raw, label, name, aspect_ratio)
         buf = io.BytesIO()
         shrink_to_area(image, max_area or image.size[0] * image.size[1]).save(buf, "JPEG", quality=quality)
-        return encode_record(buf.getvalue(), label, name)
-    except BadImageError as e:
-        log.warning("skipping unusable image %s (%s)", name, e)
+        return encode_record(buf.getvalue(), label, name, aspect_ratio)
+    except Exception as e:  # any unreadable example is skipped and named, never a crash
+        log.warning("skipping unusable image %s (%s: %s)", name, type(e).__name__, e)
         return None
 
 
@@ -93,7 +96,13 @@ def write_arrayrecord(
             raise UserError(f"split {split!r} of {source_spec!r} holds no usable image; check the source")
         counts[split] = written
     with open(os.path.join(out_dir, METADATA_FILE), "w") as f:
-        meta = {"source": source_spec, "classes": classes, "num_examples": counts, "max_area": max_area}
+        meta = {
+            "source": source_spec,
+            "classes": classes,
+            "num_examples": counts,
+            "max_area": max_area,
+            "record_format": RECORD_FORMAT,
+        }
         json.dump(meta, f)
     return counts
 

@@ -1,8 +1,9 @@
 """Random-access example sources selected by `data.source`.
 
-Every source has `len(source)`, `source.num_classes` and `source[i] -> (raw, label, name)` where raw is
-encoded image bytes or an RGB uint8 array [H, W, 3], label an int (-1 if none) and name identifies the
-example in warnings (a file path, or a record key).
+Every source has `len(source)`, `source.num_classes` and `source[i] -> (raw, label, name, aspect_ratio)`
+where raw is encoded image bytes or an RGB uint8 array [H, W, 3], label an int (-1 if none), name identifies
+the example in warnings (a file path, or a record key) and aspect_ratio is the original image's width /
+height when the source stores it (pre-resized ArrayRecord shards), else None.
 """
 
 import ml_collections

@@ -4,7 +4,9 @@ from typing import Protocol
 
 import numpy as np
 
-Example = tuple[bytes | np.ndarray, int, str]  # (encoded bytes or RGB uint8 [H, W, 3], label, name)
+# (encoded bytes or RGB uint8 [H, W, 3], label, name, width/height of the original image if the source knows
+# it (pre-resized shards), else None: the decoded image's own aspect ratio is used)
+Example = tuple[bytes | np.ndarray, int, str, float | None]
 
 
 class Source(Protocol):

@@ -103,4 +103,4 @@ class FolderSource:
     def __getitem__(self, index: int) -> Example:
         path, label = self._items[index]
         with open(path, "rb") as f:
-            return f.read(), label, path
+            return f.read(), label, path, None

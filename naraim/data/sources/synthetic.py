@@ -37,4 +37,4 @@ class SyntheticSource:
             min_side=self.min_side,
             max_side=self.max_side,
         )
-        return image, label, f"synthetic/{self.split}/{index}"
+        return image, label, f"synthetic/{self.split}/{index}", None

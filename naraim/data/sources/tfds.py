@@ -45,4 +45,4 @@ class TfdsSource:
     def __getitem__(self, index: int) -> Example:
         record = self._ds[index]
         label = int(record["label"]) if self._has_label else -1
-        return record["image"], label, f"{self.name}/{self.split}/{index}"
+        return record["image"], label, f"{self.name}/{self.split}/{index}", None
