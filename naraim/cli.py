@@ -9,7 +9,8 @@ from naraim.host_memory import keep_freed_host_memory
 
 
 def run_main(main: Callable[[], None]) -> None:
-    """Runs `main`; a UserError prints `error: <message>` to stderr and exits with status 1.
+    """Runs `main`; a UserError prints `error: <message>` to stderr and exits with its exit_code (1, or 130
+    for an interrupted run).
 
     Call it before anything initialises a JAX backend (the allocator setting needs that).
     """
@@ -18,4 +19,7 @@ def run_main(main: Callable[[], None]) -> None:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # outside a training loop (loading, compiling): nothing to save
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -2,4 +2,7 @@
 
 
 class UserError(Exception):
-    """A problem the user can fix; its message is one line naming the problem and the fix."""
+    """A problem the user can fix; its message is one line naming the problem and the fix. The program ends
+    with exit_code."""
+
+    exit_code = 1

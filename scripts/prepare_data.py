@@ -13,6 +13,7 @@ import logging
 
 from naraim.cli import run_main
 from naraim.data.prepare import write_arrayrecord
+from naraim.errors import UserError
 
 
 def main() -> None:
@@ -33,6 +34,8 @@ def main() -> None:
         help="folder without split folders: share of each class held out (seeded) as the validation split",
     )
     args = parser.parse_args()
+    if not 0 < args.holdout_fraction < 1:
+        raise UserError(f"--holdout_fraction={args.holdout_fraction} must be strictly between 0 and 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from naraim.data.config import default_data_config
 

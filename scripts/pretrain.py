@@ -15,8 +15,8 @@ from absl import flags
 
 from naraim.cli import run_main
 from naraim.errors import UserError
-from naraim.train.config import validate_pretrain_config
 from naraim.train.flags import define_config_flag, parse_flags
+from naraim.train.trainer import train
 
 _CONFIG = define_config_flag()
 _WORKDIR = flags.DEFINE_string(
@@ -28,6 +28,11 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (with --distributed)")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes (with --distributed)")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index (with --distributed)")
+_FORCE = flags.DEFINE_bool(
+    "force_config_change",
+    False,
+    "resume although keys that shape the run changed (recorded in WORKDIR/config_history.jsonl)",
+)
 
 
 def main() -> None:
@@ -36,10 +41,7 @@ def main() -> None:
         raise UserError("--workdir is required: pass --workdir=runs/<name>")
     if _DISTRIBUTED.value:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    validate_pretrain_config(cfg)
-    from naraim.train.trainer import train
-
-    summary = train(cfg, _WORKDIR.value)
+    summary = train(cfg, _WORKDIR.value, force_config_change=_FORCE.value)
     if jax.process_index() == 0:
         print(json.dumps(summary))
 

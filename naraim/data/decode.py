@@ -1,12 +1,15 @@
 """Encoded image bytes -> RGB PIL image, or BadImageError for anything that is not a usable image.
 
 Handles grayscale, CMYK, palette and alpha images (composited over white), 16-bit images (scaled to 8 bits),
-EXIF orientation, and images smaller than one patch (upscaled). Large JPEGs are decoded at a reduced DCT
-scale (PIL `draft`) when the transforms need fewer pixels than the file has.
+EXIF orientation, and images smaller than one patch (upscaled; an extremely elongated one is first cut to
+the part of its long side the token budget can hold, so upscaling never blows up memory). Images with more
+than `max_pixels` pixels (a decompression bomb) are refused from their header, before decoding. Large JPEGs
+are decoded at a reduced DCT scale (PIL `draft`) when the transforms need fewer pixels than the file has.
 """
 
 import io
 import math
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -37,18 +40,35 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im
 
 
-def decode_image(data: bytes, *, patch_size: int = 1, min_area: int = 0) -> Image.Image:
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def decode_image(
+    data: bytes,
+    *,
+    patch_size: int = 1,
+    min_area: int = 0,
+    max_tokens: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
     """Decodes `data` to an RGB image (np.asarray: uint8 [H, W, 3]) with EXIF orientation applied.
 
-    patch_size: images with a side below it are upscaled (aspect kept) so both sides are >= patch_size.
+    patch_size, max_tokens: images with a side below patch_size are upscaled (see upscale_to_patch).
     min_area: pixels the transforms need; a JPEG with more than twice as many is decoded at a reduced DCT
       scale (1/2, 1/4 or 1/8) that keeps at least `min_area` pixels (0: always full resolution).
+    max_pixels: larger images are refused (BadImageError naming the size) before their pixels are decoded.
     """
     try:
-        im = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # naraim's max_pixels replaces PIL's decompression-bomb warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
         w, h = im.size
         if w < 1 or h < 1:
             raise BadImageError(f"empty image {w}x{h}")
+        if w * h > max_pixels:
+            raise BadImageError(
+                f"{w}x{h} = {w * h:,} pixels exceeds data.max_pixels={max_pixels:,} (a decompression bomb?)"
+            )
         if min_area and im.format == "JPEG" and w * h > 2 * min_area:
             f = math.sqrt(min_area / (w * h))
             im.draft("RGB", (math.ceil(w * f), math.ceil(h * f)))
@@ -59,7 +79,7 @@ def decode_image(data: bytes, *, patch_size: int = 1, min_area: int = 0) -> Imag
         raise
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...) for bad files
         raise BadImageError(f"{type(e).__name__}: {e}") from None
-    return upscale_to_patch(im, patch_size)
+    return upscale_to_patch(im, patch_size, max_tokens)
 
 
 def oriented_size(data: bytes) -> tuple[int, int]:
@@ -74,10 +94,21 @@ def oriented_size(data: bytes) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def upscale_to_patch(image: Image.Image, patch_size: int) -> Image.Image:
-    """The image upscaled (aspect kept) so that both sides are >= patch_size; unchanged if they are."""
+def upscale_to_patch(image: Image.Image, patch_size: int, max_tokens: int = 0) -> Image.Image:
+    """The image upscaled (aspect kept) so that both sides are >= patch_size; unchanged if they are.
+
+    With max_tokens, the longer side is first cut centrally to what max_tokens patches of one patch across
+    can show, so a 1 x 3,000,000 image is upscaled to 16 x 4,096 pixels (P 16, N 256), not 16 x 48,000,000.
+    """
     w, h = image.size
     if min(h, w) >= patch_size:
         return image
     f = patch_size / min(h, w)
+    if max_tokens:
+        keep = math.ceil(max_tokens * patch_size / f)  # source pixels along the long side
+        if w > h and w > keep:
+            image = image.crop(((w - keep) // 2, 0, (w - keep) // 2 + keep, h))
+        elif h > w and h > keep:
+            image = image.crop((0, (h - keep) // 2, w, (h - keep) // 2 + keep))
+        w, h = image.size
     return image.resize((max(patch_size, round(w * f)), max(patch_size, round(h * f))), Image.BICUBIC)

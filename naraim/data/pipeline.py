@@ -16,6 +16,10 @@ import dataclasses
 import functools
 import logging
 import math
+import os
+import signal
+import threading
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -34,12 +38,35 @@ from naraim.data.transforms import Transform, apply_transforms, make_transform, 
 from naraim.errors import UserError
 
 log = logging.getLogger("naraim.data")
-_skipped = {"count": 0}
+_skipped: dict[str, str] = {}  # name -> reason, of the unusable examples this process met
 
 
 def skipped_examples() -> int:
-    """Bad examples skipped so far by this process (worker processes keep their own counts)."""
-    return _skipped["count"]
+    """Distinct unusable examples (files, records) this process skipped so far (workers count their own)."""
+    return len(_skipped)
+
+
+def _skip(name: str, error: Exception) -> None:
+    """Counts an unusable example once and warns once per example (it comes back every epoch)."""
+    if name in _skipped:
+        return
+    _skipped[name] = reason = f"{type(error).__name__}: {error}"
+    log.warning("skipping unusable image %s (%s); %d skipped so far", name, reason, len(_skipped))
+
+
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """grain worker_init_fn: the worker ignores Ctrl-C (the main process stops it) and exits when its parent
+    dies (a SIGKILLed trainer leaves no orphan holding memory)."""
+    del worker_index, worker_count
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +80,7 @@ class ExampleLoader:
     seed: int
     min_area: int
     ordering: str
+    max_pixels: int
 
     def decode(self, index: int) -> tuple[Image.Image, int, float | None] | None:
         """(RGB image, label, the original's aspect ratio if the source stores it) of source[index], or None
@@ -60,20 +88,14 @@ class ExampleLoader:
         name = f"example {index}"
         try:
             raw, label, name, aspect_ratio = self.source[index]
+            limits = dict(patch_size=self.patch_size, max_tokens=self.max_tokens)
             if isinstance(raw, np.ndarray):
-                image = upscale_to_patch(Image.fromarray(raw), self.patch_size)
+                image = upscale_to_patch(Image.fromarray(raw), **limits)
             else:
-                image = decode_image(raw, patch_size=self.patch_size, min_area=self.min_area)
+                image = decode_image(raw, **limits, min_area=self.min_area, max_pixels=self.max_pixels)
             return image, int(label), aspect_ratio
         except Exception as e:  # a bad example is skipped whatever the source, container or decoder raised
-            _skipped["count"] += 1
-            log.warning(
-                "skipping unusable image %s (%s: %s); %d skipped so far",
-                name,
-                type(e).__name__,
-                e,
-                _skipped["count"],
-            )
+            _skip(name, e)
             return None
 
     def tokens(
@@ -165,6 +187,7 @@ def _loader(
         seed=int(seed),
         min_area=min_source_pixels(tuple(names), s, data_cfg.crop_scale) if data_cfg.jpeg_draft else 0,
         ordering=data_cfg.ordering,
+        max_pixels=int(data_cfg.max_pixels),
     )
 
 
@@ -194,7 +217,7 @@ def _in_parallel(
             num_workers=int(data_cfg.num_workers),
             per_worker_buffer_size=max(1, int(data_cfg.prefetch_batches)),
         )
-        it = it.mp_prefetch(options)
+        it = it.mp_prefetch(options, worker_init_fn=_exit_with_parent)
     return it
 
 

@@ -7,6 +7,9 @@ from naraim.errors import UserError
 SIZES: dict[str, dict[str, int]] = {
     "Pico": dict(width=64, depth=2, heads=4, mlp_dim=256),
     "Ti": dict(width=192, depth=12, heads=3, mlp_dim=768),
+    "Ti6": dict(
+        width=192, depth=6, heads=3, mlp_dim=768
+    ),  # 6-block ViT-Ti: the CPU study recipe (configs/small.py)
     "S": dict(width=384, depth=12, heads=6, mlp_dim=1536),
     "S6": dict(width=384, depth=6, heads=6, mlp_dim=1536),  # 6-block ViT-S: the CPU training benchmark shape
     "M": dict(width=512, depth=12, heads=8, mlp_dim=2048),

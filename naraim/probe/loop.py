@@ -8,9 +8,9 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from naraim.console import progress
 from naraim.train.checkpoint import Checkpointer, abstract_like
 from naraim.train.metrics_log import MetricsLogger
-from naraim.train.progress import ProgressBar
 
 
 def _mean(window: list[dict], key: str) -> float:
@@ -40,7 +40,7 @@ def train_loop(
         state, data_state = checkpointer.restore(saved, abstract_like(state))
         batches.set_state(data_state)
         step = saved
-    bar = ProgressBar(cfg.total_steps, cfg.batch_size, enabled=cfg.progress_bar)
+    bar = progress(cfg.total_steps, cfg.protocol, "step", initial=step, enabled=cfg.progress_bar)
     window, window_start = [], time.time()
     try:
         while step < cfg.total_steps:
@@ -54,7 +54,7 @@ def train_loop(
                 record = {k: _mean(window, k) for k in ("loss", "accuracy", "grad_norm")}
                 record.update(lr=float(window[-1]["lr"]), images_per_sec=ips)
                 logger.write(step, "train", record)
-                bar.update(step, record["loss"], record["lr"], ips)
+                bar.update(step, f"loss {record['loss']:.4f} lr {record['lr']:.2e} {ips:.0f} img/s")
                 window, window_start = [], time.time()
             if checkpointer is not None and (step % cfg.checkpoint_every == 0 or last):
                 checkpointer.save(step, state, batches.get_state())

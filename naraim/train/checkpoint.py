@@ -6,8 +6,11 @@ never listed or restored.
 """
 
 import base64
+import errno
 import json
 import os
+import shutil
+import sys
 
 import jax
 import numpy as np
@@ -63,44 +66,109 @@ class Checkpointer:
     """
 
     def __init__(self, workdir: str, keep: int = 3, keep_every: int = 0, async_save: bool = True):
-        options = ocp.CheckpointManagerOptions(
+        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+        self._options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             keep_period=keep_every or None,
             enable_async_checkpointing=async_save,
             create=True,
         )
-        self._manager = ocp.CheckpointManager(
-            os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-            options=options,
-            item_names=("state", "data"),
-        )
+        self._manager = self._open()
+        self._saving: int | None = None  # the step of the save that may still be in flight
+
+    def _open(self) -> ocp.CheckpointManager:
+        try:
+            return ocp.CheckpointManager(self.directory, options=self._options, item_names=("state", "data"))
+        except OSError as e:
+            raise UserError(
+                f"cannot create {self.directory} ({e.strerror or e}); pick a writable --workdir"
+            ) from None
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def _failed(self, e: Exception, step: int | None) -> UserError:
+        reason = (
+            "no space left on the device"
+            if getattr(e, "errno", None) == errno.ENOSPC
+            else str(e).splitlines()[0]
+        )
+        intact = [s for s in self.all_steps() if s != step]
+        kept = f"the newest intact checkpoint is step {intact[-1]}" if intact else "no checkpoint is intact"
+        return UserError(
+            f"saving the checkpoint of step {step} to {self.directory} failed ({type(e).__name__}: "
+            f"{reason}); {kept}; free space or fix the folder, then re-run the same command to resume"
+        )
+
     def save(self, step: int, state, iterator_state) -> None:
+        """Starts an (asynchronous) save of step `step`; UserError in one line if this or the previous save
+        failed (a full disk, a folder that became unwritable)."""
         per_process = gather_across_processes(json.dumps(encode_iterator_state(iterator_state)))
         data = {"processes": [json.loads(s) for s in per_process]}
-        self._manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data))
-        )
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)),
+            )
+        except Exception as e:  # orbax surfaces the previous async save's error here too
+            raise self._failed(e, self._saving if self._saving is not None else step) from None
+        self._saving = step
+
+    def restore_newest_intact(self, abstract_state, log=None):
+        """(step, state, iterator state) of the newest checkpoint that restores, or None without checkpoints.
+
+        A checkpoint that fails to restore (truncated or missing array files, a damaged manifest) is moved to
+        WORKDIR/checkpoints_damaged/<step> and named in one line to `log` (default stderr); the next older one
+        is tried. UserError when none restores.
+        """
+        log = log or (lambda line: print(line, file=sys.stderr))
+        errors = []
+        for step in reversed(self.all_steps()):
+            try:
+                state, iterator_state = self.restore(step, abstract_state)
+                return step, state, iterator_state
+            except UserError:
+                raise
+            except Exception as e:  # anything a damaged checkpoint makes orbax or tensorstore raise
+                errors.append((step, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+                self._set_aside(step)
+                log(
+                    f"checkpoint at step {step} is damaged ({errors[-1][1][:200]}); "
+                    "moved to checkpoints_damaged/"
+                )
+        if errors:
+            raise UserError(
+                f"no checkpoint in {self.directory} could be restored (step {errors[0][0]}: "
+                f"{errors[0][1][:200]}); they were moved to checkpoints_damaged/: re-run to start afresh, or "
+                "use the config they were written with"
+            )
+        return None
+
+    def _set_aside(self, step: int) -> None:
+        if jax.process_index() == 0:
+            damaged = os.path.join(os.path.dirname(self.directory), "checkpoints_damaged")
+            os.makedirs(damaged, exist_ok=True)
+            target = os.path.join(damaged, str(step))
+            if os.path.exists(target):
+                shutil.rmtree(target)
+            shutil.move(os.path.join(self.directory, str(step)), target)
+        multihost_utils.sync_global_devices(f"set_aside_{step}")
+        self._manager.close()
+        self._manager = self._open()
 
     def restore(self, step: int, abstract_state):
         """Returns (state laid out like `abstract_state` (ShapeDtypeStructs with shardings), this process's
         iterator state)."""
-        try:
+        with absl_warnings_silenced():
             restored = self._manager.restore(
                 step,
                 args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
                 ),
             )
-        except (ValueError, KeyError) as e:
-            raise UserError(
-                f"checkpoint at step {step} does not match this config's model/optimizer "
-                f"({str(e).splitlines()[0]}); "
-                "use the config it was trained with or a fresh --workdir"
-            ) from None
         processes = restored["data"]["processes"]
         if len(processes) != jax.process_count():
             raise UserError(
@@ -110,7 +178,11 @@ class Checkpointer:
         return restored["state"], decode_iterator_state(processes[jax.process_index()])
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        """Blocks until the last save is committed; UserError in one line if it failed."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise self._failed(e, self._saving) from None
 
     def close(self) -> None:
         self._manager.close()

@@ -80,11 +80,34 @@ def _positive(cfg: ml_collections.ConfigDict, *keys: str) -> None:
             raise UserError(f"{key}={cfg[key]} must be at least 1")
 
 
+def fit_schedule(cfg: ml_collections.ConfigDict) -> str:
+    """When optim.warmup_steps (+ optim.cooldown_steps for the naraim schedules) exceed total_steps, scales
+    them down in proportion (to half the run together) in place, so that `--config.total_steps=N` just
+    works; returns the one line that says so ('' when nothing changed)."""
+    cooldown = cfg.optim.cooldown_steps if cfg.optim.schedule in ("naraim", "naraim_ref") else 0
+    budget = cfg.total_steps // 2
+    if (
+        cfg.total_steps < 1
+        or cfg.optim.schedule == "constant"
+        or cfg.optim.warmup_steps + cooldown <= cfg.total_steps
+    ):
+        return ""
+    old = (cfg.optim.warmup_steps, cfg.optim.cooldown_steps)
+    scale = budget / (cfg.optim.warmup_steps + cooldown)
+    cfg.optim.warmup_steps = int(cfg.optim.warmup_steps * scale)
+    if cooldown:
+        cfg.optim.cooldown_steps = int(cfg.optim.cooldown_steps * scale)
+    return (
+        f"note: optim.warmup_steps and optim.cooldown_steps ({old[0]}, {old[1]}) exceed total_steps="
+        f"{cfg.total_steps}; scaled to ({cfg.optim.warmup_steps}, {cfg.optim.cooldown_steps})"
+    )
+
+
 def validate_pretrain_config(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Raises UserError naming the first bad value. num_devices defaults to jax.device_count()."""
-    _positive(
-        cfg, "total_steps", "batch_size", "micro_batches", "log_every", "eval_every", "checkpoint_every"
-    )
+    if int(cfg.total_steps) < 0:
+        raise UserError(f"total_steps={cfg.total_steps} must be >= 0 (0: save the initialisation only)")
+    _positive(cfg, "batch_size", "micro_batches", "log_every", "eval_every", "checkpoint_every")
     p = patch_size(cfg.model.variant)
     validate_data_config(cfg.data, p)
     validate_model_config(cfg.model, p, token_budget(cfg.data, p))
@@ -100,9 +123,16 @@ def validate_pretrain_config(cfg: ml_collections.ConfigDict, num_devices: int | 
     if cfg.optim.schedule not in SCHEDULES:
         raise UserError(f"optim.schedule={cfg.optim.schedule!r}; use one of {', '.join(SCHEDULES)}")
     if cfg.optim.lr <= 0 or cfg.optim.warmup_steps < 0 or cfg.optim.cooldown_steps < 0:
-        raise UserError("optim.lr must be > 0 and optim.warmup_steps, optim.cooldown_steps >= 0")
-    cooldown = cfg.optim.cooldown_steps if cfg.optim.schedule == "naraim" else 0
-    if cfg.optim.schedule != "constant" and cfg.optim.warmup_steps + cooldown > cfg.total_steps:
+        raise UserError(
+            f"optim.lr must be > 0 (got {cfg.optim.lr}) and optim.warmup_steps, optim.cooldown_steps >= 0 "
+            f"(got {cfg.optim.warmup_steps}, {cfg.optim.cooldown_steps})"
+        )
+    cooldown = cfg.optim.cooldown_steps if cfg.optim.schedule in ("naraim", "naraim_ref") else 0
+    if (
+        cfg.total_steps
+        and cfg.optim.schedule != "constant"
+        and cfg.optim.warmup_steps + cooldown > cfg.total_steps
+    ):
         raise UserError(
             f"optim.warmup_steps + optim.cooldown_steps = {cfg.optim.warmup_steps + cooldown} "
             f"exceed total_steps={cfg.total_steps}; shorten them or train longer"

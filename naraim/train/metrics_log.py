@@ -2,6 +2,7 @@
 only."""
 
 import json
+import logging
 import os
 import uuid
 
@@ -9,7 +10,10 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from naraim.workdir import atomic_write
+
 METRICS_FILE = "metrics.jsonl"
+log = logging.getLogger("naraim")
 
 
 def _plain(value):
@@ -23,24 +27,36 @@ class MetricsLogger:
     '<split>/<name>'; write_image(step, name, path) logs a PNG to wandb. Processes other than 0 do nothing.
 
     resume_step: records after this step (written by a run killed after its last checkpoint) are dropped, so
-    the file holds each step once.
+    the file holds each step once; the file is rewritten atomically (a kill keeps the old or the new file).
+    Lines that do not decode (a partial last line, stray bytes) are dropped with a warning.
     """
 
     def __init__(self, workdir: str, cfg: ConfigDict, resume_step: int = 0):
         self._active = jax.process_index() == 0
         self._wandb = None
+        self.records = []
         if not self._active:
             return
         os.makedirs(workdir, exist_ok=True)
         path = os.path.join(workdir, METRICS_FILE)
+        self.records: list[dict] = []
         if os.path.exists(path):
-            with open(path) as f:
-                kept = [line for line in f if _complete_record_upto(line, resume_step)]
-            with open(path, "w") as f:
-                f.writelines(kept)
-        self._file = open(path, "a")
+            with open(path, encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+            bad = 0
+            for line in lines:
+                record = _record(line)
+                if record is None:
+                    bad += 1
+                elif record["step"] <= resume_step:
+                    self.records.append(record)
+            if bad:
+                log.warning("%s: dropped %d line(s) that are not complete JSON records", path, bad)
+            if bad or len(self.records) != len(lines):
+                atomic_write(path, "".join(json.dumps(r) + "\n" for r in self.records))
+        self._file = open(path, "a", encoding="utf-8")
         if cfg.wandb.mode != "disabled":
-            import wandb
+            import wandb  # heavy to import: only for runs that log to wandb
 
             self._wandb = wandb.init(
                 project=cfg.wandb.project,
@@ -52,10 +68,15 @@ class MetricsLogger:
                 id=_run_id(workdir),
             )
 
+    def has(self, step: int, split: str) -> bool:
+        """Whether the file holds a record of `split` at `step` (kept from before or written since)."""
+        return any(r["step"] == step and r.get("split") == split for r in self.records)
+
     def write(self, step: int, split: str, metrics: dict) -> None:
         if not self._active:
             return
         record = {"step": int(step), "split": split, **{k: _plain(v) for k, v in metrics.items()}}
+        self.records.append(record)
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._wandb is not None:
@@ -65,7 +86,7 @@ class MetricsLogger:
 
     def write_image(self, step: int, name: str, path: str) -> None:
         if self._wandb is not None:
-            import wandb
+            import wandb  # heavy to import: only for runs that log to wandb
 
             self._wandb.log({name: wandb.Image(path)}, step=step)
 
@@ -77,11 +98,13 @@ class MetricsLogger:
             self._wandb.finish()
 
 
-def _complete_record_upto(line: str, step: int) -> bool:
+def _record(line: str) -> dict | None:
+    """The JSON object of one metrics line with an integer 'step', else None."""
     try:
-        return json.loads(line)["step"] <= step
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return False
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
 def _run_id(workdir: str) -> str:

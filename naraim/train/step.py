@@ -148,6 +148,7 @@ def make_train_step(
             "lr": schedule(state["step"]),
             "finite": finite,
             "num_targets": jnp.sum(weights),
+            "real_tokens": jnp.sum(inputs["length"]),
         }
         return new_state, metrics
 

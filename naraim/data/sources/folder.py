@@ -16,25 +16,42 @@ SPLIT_DIRS = ("train", "validation", "val", "test")
 _ALIASES = {"validation": ("validation", "val"), "val": ("val", "validation")}
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a looping link
+        return False
+
+
 def _subdirs(path: str) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+    with os.scandir(path) as entries:
+        return sorted(e.name for e in entries if _is_dir(e) and not e.name.startswith("."))
 
 
-def _files(path: str) -> list[str]:
-    """Non-hidden regular files under `path` (recursively), sorted; pipes, sockets and devices are left out
-    so that reading an example can never block."""
+def _files(path: str, seen: set | None = None) -> list[str]:
+    """Non-hidden regular files under `path` (recursively, following symbolic links to folders but never
+    into a folder twice, so a link loop ends), sorted; pipes, sockets and devices are left out so that
+    reading an example can never block."""
+    seen = set() if seen is None else seen
+    try:
+        st = os.stat(path)
+    except OSError:  # a looping or dangling link
+        return []
+    if (st.st_dev, st.st_ino) in seen:
+        return []
+    seen.add((st.st_dev, st.st_ino))
     out, dirs = [], []
     with os.scandir(path) as entries:
         for e in entries:
             if e.name.startswith("."):
                 continue
-            if e.is_dir():
+            if _is_dir(e):
                 dirs.append(e.path)
             elif e.is_file():
                 out.append(e.path)
     out.sort()
     for d in sorted(dirs):
-        out.extend(_files(d))
+        out.extend(_files(d, seen))
     return out
 
 

@@ -1,0 +1,53 @@
+"""A CPU-sized recipe for real image folders: NARAIM and AIM at 128 px with a 6-block ViT-Ti/16.
+
+naraim   native aspect ratio (about 128x128 px, patch 16, up to 64 tokens), NARAIM's random crop and flip,
+         prefix-causal attention, normalized-pixel targets, per-image loss mean
+aim      the same model and optimiser on AIM's square images (RandomResizedCrop 128x128 + flip)
+
+Sized for scripts/study.py on a 2-core CPU: see docs/study.md for how the size, the head and the schedule
+were chosen. Any data.source works (folder:PATH, arrayrecord:GLOB, tfds:NAME).
+"""
+
+from naraim.train.config import apply_variant, default_pretrain_config
+from naraim.train.recipes import square_aim_data
+
+
+def _naraim(cfg):
+    cfg.model.variant = "Ti6/16"
+    cfg.model.posemb = "absolute_sincos_2d"
+    cfg.model.attention = "prefix_causal"
+    cfg.model.dtype = "float32"
+    cfg.data.image_size = 128
+    cfg.data.max_tokens = 64
+    cfg.data.transforms = ("random_crop_native", "native_aspect_ratio_resize", "horizontal_flip")
+    cfg.data.eval_transforms = ("native_aspect_ratio_resize",)
+    cfg.loss.norm_pix = True
+    cfg.loss.average = "per_image"
+
+
+def _aim(cfg):
+    _naraim(cfg)
+    square_aim_data(cfg)
+
+
+VARIANTS = {"naraim": _naraim, "aim": _aim}
+
+
+def get_config(arg: str | None = None):
+    cfg = default_pretrain_config()
+    cfg.total_steps = 1_000
+    cfg.batch_size = 64
+    cfg.log_every = 50
+    cfg.eval_every = 1_000
+    cfg.checkpoint_every = 500
+    cfg.keep_checkpoints = 1
+    cfg.keep_every = 0
+    cfg.optim.lr = 1e-3
+    cfg.optim.warmup_steps = 100
+    cfg.optim.cooldown_steps = 100
+    cfg.eval.num_examples = 256
+    cfg.eval.batch_size = 64
+    cfg.eval.num_images = 6
+    cfg.wandb.mode = "disabled"
+    cfg.data.source = "synthetic"
+    return apply_variant(cfg, arg or "naraim", VARIANTS)
