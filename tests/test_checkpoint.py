@@ -63,14 +63,45 @@ def test_save_cut_off_midway_is_never_restored(tmp_path):
     ckpt.close()
 
 
-def test_incompatible_checkpoint_is_a_user_error(tmp_path):
+def test_restore_falls_back_to_the_newest_intact_checkpoint(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), keep=3)
+    for step in (1, 2, 3):
+        ckpt.save(step, make_state(step), {"pos": step})
+    ckpt.wait()
+    ckpt.close()
+    # step 3: an array file truncated; step 2: its manifest replaced by garbage
+    files = sorted((tmp_path / "checkpoints" / "3" / "state").rglob("*"), key=lambda p: -p.stat().st_size)
+    biggest = next(p for p in files if p.is_file())
+    biggest.write_bytes(biggest.read_bytes()[:10])
+    for meta in (tmp_path / "checkpoints" / "2").rglob("_METADATA"):
+        meta.write_text("not json {")
+    lines = []
+    ckpt = Checkpointer(str(tmp_path), keep=3)
+    step, state, it = ckpt.restore_newest_intact(abstract(make_state(0)), log=lines.append)
+    assert step == 1 and it == {"pos": 1} and int(state["step"]) == 1
+    assert len(lines) == 2 and "step 3 is damaged" in lines[0] and "step 2 is damaged" in lines[1]
+    assert sorted(os.listdir(tmp_path / "checkpoints_damaged")) == ["2", "3"]
+    assert ckpt.all_steps() == [1]
+    ckpt.save(2, make_state(2), {"pos": 2})  # the run continues where the damaged ones were
+    ckpt.wait()
+    assert ckpt.latest_step() == 2
+    ckpt.close()
+
+
+def test_incompatible_or_missing_checkpoints_are_user_errors(tmp_path):
     ckpt = Checkpointer(str(tmp_path))
     ckpt.save(1, make_state(1), {"pos": 1})
     ckpt.wait()
     wrong = make_state(0)
     wrong["params"]["backbone"]["w"] = jnp.zeros((5, 4))
-    with pytest.raises(UserError, match="does not match"):
-        ckpt.restore(1, abstract(wrong))
+    with pytest.raises(UserError, match="could be restored"):
+        ckpt.restore_newest_intact(abstract(wrong), log=lambda line: None)
     ckpt.close()
     with pytest.raises(UserError, match="config.json not found"):
+        restore_params(str(tmp_path))
+    write_config(str(tmp_path), ConfigDict({"model": {"variant": "Pico/8"}}))
+    with pytest.raises(UserError, match="no checkpoint at step 999 .*its steps: none yet"):
+        restore_params(str(tmp_path / "checkpoints" / "999"))
+    (tmp_path / "config.json").write_text('{"model": {"vari')
+    with pytest.raises(UserError, match="damaged or unreadable"):
         restore_params(str(tmp_path))

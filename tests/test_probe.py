@@ -94,7 +94,8 @@ def test_a_checkpoint_that_does_not_fit_is_one_clear_line(workdir, tmp_path):
         ("probe.cache_features", "always", "is random"),
         ("batch_size", 0, "batch_size=0"),
         ("init_from", "", "init_from is not set"),
-        ("init_from", "/nonexistent/run", "neither a pre-training workdir"),
+        ("init_from", "/nonexistent/run", "/nonexistent/run does not exist"),
+        ("init_from", "/tmp", "neither a pre-training workdir"),
     ],
 )
 def test_bad_probe_settings_are_user_errors(workdir, key, value, message):

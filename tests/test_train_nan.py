@@ -33,7 +33,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert r.returncode == 1
     lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert (
-        len(lines) == 1 and "not finite at step 2" in lines[0] and "checkpoint (step 1) is kept" in lines[0]
+        len(lines) == 1 and "not finite at step 2" in lines[0] and "checkpoint at step 1 is kept" in lines[0]
     )
     assert "Traceback" not in r.stderr
     params, _, step = restore_params(str(tmp_path))

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 from ml_collections import ConfigDict
 
+from naraim.console import progress, say
 from naraim.data.pipeline import make_eval_iterator, make_train_iterator, num_classes, split_size
 from naraim.errors import UserError
 from naraim.model.model import MODEL_INPUTS
@@ -33,13 +34,14 @@ from naraim.probe.loading import check_backbone_params, load_pretrained
 from naraim.probe.loop import train_loop
 from naraim.probe.minival import split_minival
 from naraim.probe.plots import plot_accuracy_by_bin, plot_accuracy_by_block
-from naraim.probe.results import sweep_results, write_results
+from naraim.probe.results import RESULTS_FILE, read_results, sweep_results, write_results
 from naraim.probe.step import init_params, init_state, make_eval_step, make_train_step
-from naraim.train.checkpoint import write_config
+from naraim.train.checkpoint import CHECKPOINT_DIR, write_config
 from naraim.train.mesh import global_batch, make_mesh, replicated
 from naraim.train.metrics_log import MetricsLogger
 from naraim.train.optimizer import make_optimizer
 from naraim.train.step import dummy_batch
+from naraim.workdir import MUTABLE_KEYS, WorkdirLock, check_resume_config
 
 PLOT_FILE = "accuracy_by_aspect_ratio.png"
 BLOCK_PLOT_FILE = "accuracy_by_block.png"
@@ -113,6 +115,15 @@ def _accumulate(eval_fn, batches, mesh) -> tuple[np.ndarray, np.ndarray, np.ndar
     return acc.arrays()
 
 
+def _features(fn, backbone_params: dict, batches, mesh, what: str, enabled: bool) -> dict:
+    """compute_cache with a progress line ('caching features of the training split: 12/47 batches ...')."""
+    bar = progress(len(batches), what, "batch", enabled=enabled, min_interval=10.0)
+    try:
+        return compute_cache(fn, backbone_params, batches, mesh, progress=bar.update)
+    finally:
+        bar.close()
+
+
 def _cache_eval_batches(cache: dict, batch: int):
     """The cache's rows in batches of `batch`, the last padded with rows whose 'valid' is False."""
     n = len(cache["label"])
@@ -126,14 +137,15 @@ def _cache_eval_batches(cache: dict, batch: int):
 class _Run:
     """What every protocol shares: the resolved config, the workdir's files, the mesh and the split names."""
 
-    def __init__(self, cfg: ConfigDict, workdir: str):
+    def __init__(self, cfg: ConfigDict, workdir: str, resume_step: int):
         self.cfg, self.workdir = cfg, workdir
         self.edges = probe_config.edges_from_config(cfg.aspect_ratio_bins)
         self.eval_split = cfg.eval.split or cfg.data.val_split
         self.eval_name = "test" if self.eval_split == "test" else "val"
         self.mesh = make_mesh()
-        write_config(workdir, cfg)
-        self.logger = MetricsLogger(workdir, cfg)
+        if not resume_step:
+            write_config(workdir, cfg)
+        self.logger = MetricsLogger(workdir, cfg, resume_step=resume_step)
         n = split_size(cfg.data, cfg.data.train_split)
         self.train_idx, self.minival_idx = split_minival(n, float(cfg.probe.minival_fraction), int(cfg.seed))
         self.local_batch = cfg.batch_size // jax.process_count()
@@ -168,26 +180,18 @@ def _frozen(run: _Run, backbone: ViT, backbone_np: dict, classes: int) -> dict:
         start = time.time()
         blocks_fn = jax.jit(sw.block_stack)
         train_data = _train_transforms_data(cfg)
-        cache = compute_cache(
-            blocks_fn,
-            backbone_params,
-            run.eval_batches(cfg.data.train_split, run.train_idx, data_cfg=train_data),
-            mesh,
-        )
+        batches = run.eval_batches(cfg.data.train_split, run.train_idx, data_cfg=train_data)
+        cache = _features(blocks_fn, backbone_params, batches, mesh, "caching features", cfg.progress_bar)
         if not len(cache["label"]):
             raise UserError(
                 f"data.train_split={cfg.data.train_split!r} has no usable images: check data.source"
             )
-        minival_cache = (
-            compute_cache(
-                blocks_fn,
-                backbone_params,
-                run.eval_batches(cfg.data.train_split, run.minival_idx, data_cfg=train_data),
-                mesh,
+        minival_cache = None
+        if len(run.minival_idx):
+            batches = run.eval_batches(cfg.data.train_split, run.minival_idx, data_cfg=train_data)
+            minival_cache = _features(
+                blocks_fn, backbone_params, batches, mesh, "caching minival", cfg.progress_bar
             )
-            if len(run.minival_idx)
-            else None
-        )
         run.logger.write(
             0, "train", {"cache_examples": len(cache["label"]), "cache_seconds": time.time() - start}
         )
@@ -310,12 +314,8 @@ def _knn(run: _Run, backbone: ViT, backbone_np: dict, classes: int) -> dict:
     start = time.time()
     embed_fn = jax.jit(embed)
     train_data = _train_transforms_data(cfg)
-    bank = compute_cache(
-        embed_fn,
-        backbone_params,
-        run.eval_batches(cfg.data.train_split, run.train_idx, data_cfg=train_data),
-        mesh,
-    )
+    batches = run.eval_batches(cfg.data.train_split, run.train_idx, data_cfg=train_data)
+    bank = _features(embed_fn, backbone_params, batches, mesh, "kNN bank", cfg.progress_bar)
     if not len(bank["label"]):
         raise UserError(f"data.train_split={cfg.data.train_split!r} has no usable images: check data.source")
 
@@ -337,16 +337,11 @@ def _knn(run: _Run, backbone: ViT, backbone_np: dict, classes: int) -> dict:
 
     minival = None
     if len(run.minival_idx):
-        queries = compute_cache(
-            embed_fn,
-            backbone_params,
-            run.eval_batches(cfg.data.train_split, run.minival_idx, data_cfg=train_data),
-            mesh,
-        )
+        batches = run.eval_batches(cfg.data.train_split, run.minival_idx, data_cfg=train_data)
+        queries = _features(embed_fn, backbone_params, batches, mesh, "kNN minival", cfg.progress_bar)
         minival = correct(queries)[0].mean(axis=0)
-    queries = compute_cache(
-        embed_fn, backbone_params, run.eval_batches(run.eval_split, max_examples=cfg.eval.max_examples), mesh
-    )
+    batches = run.eval_batches(run.eval_split, max_examples=cfg.eval.max_examples)
+    queries = _features(embed_fn, backbone_params, batches, mesh, f"kNN {run.eval_name}", cfg.progress_bar)
     top1, top5 = correct(queries)
     names = [F.spec_name(s, cfg.probe.last_k) for s in specs]
     results = sweep_results(
@@ -356,12 +351,49 @@ def _knn(run: _Run, backbone: ViT, backbone_np: dict, classes: int) -> dict:
     return run.finish(results, "k")
 
 
-def run_probe(cfg: ConfigDict, workdir: str) -> dict:
-    """Runs the probe described by `cfg` (configs/probe.py) into `workdir`; returns the results dict."""
+def _pretraining_workdir(init_from: str) -> str:
+    """The pre-training workdir behind init_from (a workdir or its checkpoints/<step> folder)."""
+    path = os.path.realpath(init_from)
+    parent = os.path.dirname(path)
+    return os.path.dirname(parent) if os.path.basename(parent) == CHECKPOINT_DIR else path
+
+
+def run_probe(cfg: ConfigDict, workdir: str, force_config_change: bool = False) -> dict:
+    """Runs the probe described by `cfg` (configs/probe.py) into `workdir`; returns the results dict.
+
+    Holds a lock on the workdir. Re-running the command resumes from the newest checkpoint (the config must
+    be the same but for naraim.workdir.MUTABLE_KEYS and eval.*, unless force_config_change), or returns the
+    results of a finished run.
+    """
+    if cfg.init_from and os.path.realpath(workdir) == _pretraining_workdir(cfg.init_from):
+        raise UserError(
+            f"--workdir {workdir!r} is the pre-training run (init_from): a probe writes its own config.json "
+            "and metrics.jsonl, so give it a folder of its own, e.g. --workdir=runs/probe_<name>"
+        )
     cfg, backbone, backbone_np, classes = prepare(cfg)
-    run = _Run(cfg, workdir)
-    protocol = {"finetune": _finetune, "knn": _knn}.get(cfg.protocol, _frozen)
-    try:
-        return protocol(run, backbone, backbone_np, classes)
-    finally:
-        run.logger.close()
+    with WorkdirLock(workdir):
+        steps = _checkpoint_steps(workdir)
+        if steps or os.path.exists(os.path.join(workdir, RESULTS_FILE)):
+            check_resume_config(
+                workdir, cfg, steps[-1] if steps else 0, MUTABLE_KEYS + ("eval.",), force_config_change
+            )
+            if os.path.exists(os.path.join(workdir, RESULTS_FILE)) and (
+                not steps or steps[-1] >= cfg.total_steps
+            ):
+                say(f"probe already complete in {workdir} (results.json)")
+                return read_results(workdir)
+        if steps:
+            say(f"resuming the probe from step {steps[-1]} ({workdir})")
+        run = _Run(cfg, workdir, steps[-1] if steps else 0)
+        protocol = {"finetune": _finetune, "knn": _knn}.get(cfg.protocol, _frozen)
+        try:
+            return protocol(run, backbone, backbone_np, classes)
+        finally:
+            run.logger.close()
+
+
+def _checkpoint_steps(workdir: str) -> list[int]:
+    folder = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(name) for name in os.listdir(folder) if name.isdigit())

@@ -20,9 +20,9 @@ from ml_collections import ConfigDict
 
 from naraim.absl_quiet import absl_warnings_silenced
 from naraim.errors import UserError
+from naraim.workdir import CONFIG_FILE, atomic_write, read_json
 
 CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILE = "config.json"
 
 
 def encode_iterator_state(state) -> dict:
@@ -189,47 +189,73 @@ class Checkpointer:
 
 
 def write_config(workdir: str, cfg: ConfigDict) -> None:
-    """Writes the resolved config as WORKDIR/config.json (process 0 only)."""
+    """Writes the resolved config as WORKDIR/config.json, atomically (process 0 only)."""
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-            f.write(cfg.to_json_best_effort(indent=2, sort_keys=True))
+        atomic_write(os.path.join(workdir, CONFIG_FILE), cfg.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def read_config(workdir: str) -> ConfigDict:
+    """The run's config.json; UserError in one line if it is missing or damaged."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         raise UserError(
             f"{path} not found: pass a pre-training workdir or one of its checkpoints/<step> folders"
         )
-    with open(path) as f:
-        return ConfigDict(json.load(f))
+    return ConfigDict(read_json(path, "the pre-training run's config"))
 
 
-def _locate(path: str) -> tuple[str, int]:
-    """(workdir, step) for a workdir (its newest step) or a WORKDIR/checkpoints/<step> folder."""
+def _steps(checkpoint_dir: str) -> list[int]:
+    """Steps with a complete checkpoint (orbax writes into a temporary folder and renames it when done)."""
+    with os.scandir(checkpoint_dir) as entries:
+        return sorted(int(e.name) for e in entries if e.name.isdigit() and e.is_dir())
+
+
+def _locate(path: str) -> tuple[str, int | None]:
+    """(workdir, step) for a workdir (step None: its newest) or a WORKDIR/checkpoints/<step> folder."""
     path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
-        manager = ocp.CheckpointManager(os.path.join(path, CHECKPOINT_DIR), item_names=("state", "data"))
-        step = manager.latest_step()
-        manager.close()
-        if step is None:
-            raise UserError(
-                f"no complete checkpoint in {path}/{CHECKPOINT_DIR}: pre-train first or pass another path"
-            )
-        return path, step
     parent = os.path.dirname(path)
     if os.path.basename(parent) == CHECKPOINT_DIR and os.path.basename(path).isdigit():
         return os.path.dirname(parent), int(os.path.basename(path))
+    if not os.path.exists(path):
+        raise UserError(
+            f"init_from {path} does not exist: pass a pre-training workdir or a checkpoints/<step> folder"
+        )
+    if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
+        return path, None
     raise UserError(f"{path} is neither a pre-training workdir nor a checkpoints/<step> folder")
 
 
 def restore_params(path: str) -> tuple[dict, ConfigDict, int]:
     """Model params {'backbone': ..., 'head': ...} (numpy), the run's config and the step, from a workdir
-    (newest checkpoint) or a WORKDIR/checkpoints/<step> folder. The optimizer state is not read."""
+    (newest checkpoint) or a WORKDIR/checkpoints/<step> folder. The optimizer state is not read.
+
+    A run that is still training may delete its oldest checkpoint while it is read: the newest one is then
+    tried again (up to 3 times)."""
     workdir, step = _locate(path)
     cfg = read_config(workdir)
-    item_dir = os.path.join(workdir, CHECKPOINT_DIR, str(step), "state")
+    checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    if step is not None:
+        if step not in _steps(checkpoint_dir):
+            found = ", ".join(map(str, _steps(checkpoint_dir))) or "none yet"
+            raise UserError(f"no checkpoint at step {step} in {checkpoint_dir} (its steps: {found})")
+        return _restore_params(checkpoint_dir, step), cfg, step
+    for attempt in range(3):
+        steps = _steps(checkpoint_dir)
+        if not steps:
+            raise UserError(
+                f"no complete checkpoint in {checkpoint_dir} yet: pre-train first, or wait for its first save"
+            )
+        try:
+            return _restore_params(checkpoint_dir, steps[-1]), cfg, steps[-1]
+        except Exception:  # retried only if the step vanished under the read (the run deleted it)
+            if attempt == 2 or steps[-1] in _steps(checkpoint_dir):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _restore_params(checkpoint_dir: str, step: int) -> dict:
+    item_dir = os.path.join(checkpoint_dir, str(step), "state")
     with absl_warnings_silenced():  # orbax warns that the item folder has no step-level metadata
         checkpointer = ocp.PyTreeCheckpointer()
         params_meta = checkpointer.metadata(item_dir).item_metadata.tree["params"]
@@ -240,4 +266,4 @@ def restore_params(path: str) -> tuple[dict, ConfigDict, int]:
                 item={"params": params_meta}, restore_args={"params": restore_args}, partial_restore=True
             ),
         )
-    return restored["params"], cfg, step
+    return restored["params"]
