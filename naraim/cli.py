@@ -1,11 +1,20 @@
 """Shared entry-point plumbing for the scripts: user errors end with one line and exit status 1, and on
 the CPU backend the host allocator keeps XLA's per-step buffers (naraim/host_memory.py)."""
 
+import argparse
 import sys
 from collections.abc import Callable
 
 from naraim.errors import UserError
 from naraim.host_memory import keep_freed_host_memory
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a bad argument as a UserError: one line and exit status 1 under run_main (--help is
+    argparse's, exit status 0)."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see --help)")
 
 
 def run_main(main: Callable[[], None]) -> None:

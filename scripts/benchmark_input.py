@@ -16,7 +16,7 @@ import time
 import numpy as np
 import psutil
 
-from naraim.cli import run_main
+from naraim.cli import ArgumentParser, run_main
 from naraim.data.config import default_data_config
 from naraim.data.pipeline import make_train_iterator
 
@@ -34,7 +34,7 @@ def _cpu_seconds(proc: psutil.Process) -> float:
 
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--source", default="folder:../shared/datasets/clothing-small")
     naraim_train = "random_crop_native,native_aspect_ratio_resize,horizontal_flip"
     parser.add_argument("--transforms", default=naraim_train, help="comma-separated, in order")

@@ -23,7 +23,7 @@ from naraim.data.config import token_budget
 from naraim.model.model import make_model
 from naraim.model.sizes import get_size
 from naraim.model.vit import make_backbone
-from naraim.train.config import validate_pretrain_config
+from naraim.train.config import default_pretrain_config, fit_schedule, validate_pretrain_config
 from naraim.train.flags import define_config_flag, parse_flags
 from naraim.train.flops import matmul_peak_flops, train_flops_per_step
 from naraim.train.mesh import global_batch, make_mesh
@@ -56,7 +56,8 @@ def random_batch(cfg, rng: np.random.Generator) -> dict:
 
 
 def main() -> None:
-    cfg = parse_flags(sys.argv, _CONFIG)
+    cfg = parse_flags(sys.argv, _CONFIG, default_pretrain_config)
+    fit_schedule(cfg)
     validate_pretrain_config(cfg)
     mesh = make_mesh()
     model = make_model(cfg.model)

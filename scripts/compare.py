@@ -3,15 +3,13 @@
 Prints a table of top-1/top-5 overall and top-1 per aspect-ratio bin, and draws all runs in one bar chart.
 """
 
-import argparse
-
-from naraim.cli import run_main
+from naraim.cli import ArgumentParser, run_main
 from naraim.probe.compare import format_table, load_runs
 from naraim.probe.plots import plot_accuracy_by_bin
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="probe workdirs (each with results.json)")
     parser.add_argument("--plot", default="compare.png", help="path of the PNG chart ('' to skip)")
     args = parser.parse_args()

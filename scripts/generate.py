@@ -7,13 +7,11 @@ MSE models predict each patch greedily; diffusion models (loss.objective='diffus
 DDPM ancestral sampling over --num_steps steps. The same seed gives the same images.
 """
 
-import argparse
-
-from naraim.cli import run_main
+from naraim.cli import ArgumentParser, run_main
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--init_from", required=True, help="pre-training workdir or checkpoints/<step>")
     parser.add_argument("--out", default="", help="PNG path (default: INIT_FROM/completions_<step>.png)")
     parser.add_argument("--num_images", type=int, default=8, help="first images of the split to complete")

@@ -11,14 +11,14 @@ re-encodes them as JPEG; 0 keeps the original bytes.
 import argparse
 import logging
 
-from naraim.cli import run_main
+from naraim.cli import ArgumentParser, run_main
 from naraim.data.prepare import write_arrayrecord
 from naraim.errors import UserError
 
 
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--source", required=True, help="folder:PATH or tfds:NAME")
     parser.add_argument("--splits", default="train,validation", help="comma-separated split names")
     parser.add_argument("--out", required=True, help="output directory")

@@ -15,6 +15,7 @@ from absl import flags
 
 from naraim.cli import run_main
 from naraim.errors import UserError
+from naraim.train.config import default_pretrain_config
 from naraim.train.flags import define_config_flag, parse_flags
 from naraim.train.trainer import train
 
@@ -36,7 +37,7 @@ _FORCE = flags.DEFINE_bool(
 
 
 def main() -> None:
-    cfg = parse_flags(sys.argv, _CONFIG)
+    cfg = parse_flags(sys.argv, _CONFIG, default_pretrain_config)
     if not _WORKDIR.value:
         raise UserError("--workdir is required: pass --workdir=runs/<name>")
     if _DISTRIBUTED.value:

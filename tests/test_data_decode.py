@@ -140,3 +140,65 @@ def test_source_without_usable_images_is_a_user_error(tmp_path):
     (d / "x.jpg").write_bytes(b"junk")
     with pytest.raises(UserError, match="no usable image"):
         make_train_iterator(_folder_cfg(tmp_path), patch_size=8, global_batch_size=2, seed=0)
+
+
+def test_each_bad_file_is_counted_and_warned_once(tmp_path, caplog):
+    root, bad = _bad_folder(tmp_path)
+    cfg = _folder_cfg(root)
+    before = skipped_examples()
+    with caplog.at_level(logging.WARNING, logger="naraim.data"):
+        it = make_train_iterator(cfg, patch_size=8, global_batch_size=11, seed=0)
+        for _ in range(6):  # 6 epochs of 11 files
+            next(it)
+    assert skipped_examples() - before <= len(bad)
+    for name in bad:
+        assert sum(name in r.getMessage() for r in caplog.records) <= 1
+
+
+def test_a_symlink_loop_in_a_folder_is_listed_once(tmp_path):
+    root = tmp_path / "data"
+    (root / "cat").mkdir(parents=True)
+    _rgb().save(root / "cat" / "a.png")
+    os.symlink(root / "cat", root / "cat" / "loop")  # cat/loop -> cat
+    os.symlink(root / "nowhere", root / "cat" / "dangling")
+    (root / "dog").mkdir()
+    _rgb(seed=1).save(root / "dog" / "b.png")
+    from naraim.data.sources import open_source
+
+    cfg = _folder_cfg(root)
+    cfg.holdout_fraction = 0.5
+    src = open_source(cfg, "train")
+    assert len(src) == 2 and sorted(os.path.basename(src[i][2]) for i in range(2)) == ["a.png", "b.png"]
+
+
+def test_a_malformed_arrayrecord_record_is_skipped(tmp_path):
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    from naraim.data.sources.arrayrecord import encode_record
+
+    path = tmp_path / "train-00000-of-00001.array_record"
+    writer = ArrayRecordWriter(str(path), "group_size:1")
+    writer.write(encode_record(_encode(_rgb(), "PNG"), 0, "good"))
+    writer.write(b"\x01\x02\x03")  # shorter than a header
+    writer.write(encode_record(_encode(_rgb(seed=2), "PNG"), 1, "also good"))
+    writer.close()
+    (tmp_path / "dataset.json").write_text('{"classes": ["a", "b"], "record_format": 2}')
+    cfg = _folder_cfg(tmp_path)
+    cfg.source = f"arrayrecord:{tmp_path}/train-*.array_record"
+    ev = list(make_eval_iterator(cfg, split="train", patch_size=8, global_batch_size=4))
+    assert np.concatenate([b["valid"] for b in ev]).tolist() == [True, False, True, False]
+
+
+def test_an_extremely_elongated_image_is_cut_before_it_is_upscaled():
+    """A 1 x 300,000 PNG (a few KB) would become 8 x 2,400,000 pixels if upscaled whole; it is first cut to
+    the part the token budget can show."""
+    data = _encode(Image.new("RGB", (300_000, 1), (200, 10, 10)), "PNG")
+    out = decode_image(data, patch_size=8, max_tokens=16)
+    assert out.size == (16 * 8, 8)
+
+
+def test_decompression_bombs_are_refused_from_the_header():
+    data = _encode(Image.new("L", (4000, 3000)), "PNG")
+    with pytest.raises(BadImageError, match="12,000,000 pixels exceeds data.max_pixels=1,000,000"):
+        decode_image(data, max_pixels=1_000_000)
+    assert decode_image(data, max_pixels=12_000_000).size == (4000, 3000)

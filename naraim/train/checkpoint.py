@@ -183,6 +183,7 @@ class Checkpointer:
             self._manager.wait_until_finished()
         except Exception as e:
             raise self._failed(e, self._saving) from None
+        self._saving = None
 
     def close(self) -> None:
         self._manager.close()

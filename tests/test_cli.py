@@ -1,0 +1,97 @@
+"""Every script: --help lists its flags (and the config's keys) with exit status 0; a bad flag or value ends
+with one line and a non-zero status; misspelt config keys get a suggestion."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = {
+    "pretrain.py": ["--workdir"],
+    "probe.py": ["--workdir"],
+    "benchmark_train.py": ["--steps"],
+    "generate.py": ["--init_from"],
+    "compare.py": ["--plot"],
+    "prepare_data.py": ["--max_area"],
+    "benchmark_input.py": ["--num_workers"],
+    "study.py": ["--budget_minutes"],
+}
+
+
+def run(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.strip().splitlines() if not line.startswith("WARNING")]
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_help_lists_the_flags_and_exits_0(script):
+    r = run(script, "--help")
+    assert r.returncode == 0, r.stderr
+    for flag in SCRIPTS[script]:
+        assert flag in r.stdout, r.stdout
+    if script in ("pretrain.py", "probe.py", "benchmark_train.py"):
+        assert "config keys" in r.stdout and "batch_size = " in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_an_unknown_flag_is_one_line(script):
+    r = run(script, "--no_such_flag=1")
+    assert r.returncode == 1
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+
+
+def test_helpfull_and_a_config_given_to_help():
+    r = run("pretrain.py", "--helpfull")
+    assert r.returncode == 0 and "--workdir" in r.stdout
+    r = run("pretrain.py", "--config=configs/demo.py:aim", "--help")
+    assert r.returncode == 0 and "configs/demo.py:aim" in r.stdout and "model.variant = 'Pico/8'" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("--config.optim.lrr=1e-3", "unknown config key 'optim.lrr'; did you mean 'optim.lr'?"),
+        ("--config.total_step=10", "unknown config key 'total_step'; did you mean 'total_steps'?"),
+        (
+            "--config.data.imagesize=64",
+            "unknown config key 'data.imagesize'; did you mean 'data.image_size'?",
+        ),
+        ("--config.model.varaint=B/16", "unknown config key 'model.varaint'; did you mean 'model.variant'?"),
+        ("--config.zzz=1", "unknown config key 'zzz': check the spelling of --config.zzz"),
+    ],
+)
+def test_misspelt_keys_get_one_line_with_a_suggestion(override, expected):
+    r = run("pretrain.py", "--config=configs/demo.py", "--workdir=/tmp/naraim_unused", override)
+    assert r.returncode == 1
+    assert error_lines(r.stderr) == [f"error: {expected}"]
+
+
+def test_probe_says_which_model_keys_may_be_overridden():
+    r = run(
+        "probe.py", "--config=configs/probe.py", "--workdir=/tmp/naraim_unused", "--config.model.variant=B/16"
+    )
+    assert r.returncode == 1
+    (line,) = error_lines(r.stderr)
+    assert "'model.variant' may not be overridden here" in line and "model.dtype" in line
+
+
+def test_a_missing_config_file_is_named_without_the_variant():
+    r = run("pretrain.py", "--config=configs/dmeo.py:naraim", "--workdir=/tmp/naraim_unused")
+    assert r.returncode == 1
+    assert error_lines(r.stderr) == [
+        "error: config file 'configs/dmeo.py' not found: pass --config=configs/<file>.py[:variant]"
+    ]

@@ -1,0 +1,232 @@
+"""A workdir's results are never lost or silently mixed: locks, the config check on resume, damaged
+checkpoints, metrics.jsonl, lost evaluations, probes, Ctrl-C, faults and orphaned workers."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from probe_helpers import ROOT, load_config, pretrain_workdir, tiny_probe_config
+
+from naraim.errors import UserError
+from naraim.probe.runner import run_probe
+from naraim.train.checkpoint import Checkpointer
+from naraim.train.trainer import train
+from naraim.workdir import WorkdirLock, check_resume_config
+
+TINY = {
+    "batch_size": 8,
+    "log_every": 1,
+    "checkpoint_every": 2,
+    "eval_every": 2,
+    "progress_bar": False,
+}
+
+
+def tiny(total_steps: int = 4, **overrides):
+    cfg = load_config("demo", "naraim")
+    cfg.update(TINY, total_steps=total_steps)
+    cfg.data.update(image_size=32, max_tokens=16)
+    cfg.data.synthetic.update(train_size=64, validation_size=16)
+    cfg.eval.update(num_examples=8, batch_size=8, num_images=0)
+    cfg.optim.update(warmup_steps=1, cooldown_steps=1)
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        (cfg[section] if section else cfg)[name] = value
+    return cfg
+
+
+def records(workdir) -> list[dict]:
+    return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def test_a_second_run_on_a_locked_workdir_is_one_line(tmp_path):
+    with WorkdirLock(str(tmp_path)):
+        with pytest.raises(UserError, match=f"in use by process {os.getpid()}"):
+            train(tiny(), str(tmp_path))
+    assert "process" not in (tmp_path / ".lock").read_text()  # released
+    with WorkdirLock(str(tmp_path)):  # a lock file left by a dead run never blocks: flock dies with it
+        pass
+
+
+def test_resume_refuses_changed_keys_and_records_allowed_changes(tmp_path):
+    train(tiny(4), str(tmp_path))
+    for key, value, shown in (
+        ("batch_size", 16, "batch_size: 8 -> 16"),
+        ("seed", 3, "seed: 0 -> 3"),
+        ("data.num_workers", 2, "data.num_workers: 0 -> 2"),
+        ("model.posemb", "fractional", "model.posemb: 'absolute_sincos_2d' -> 'fractional'"),
+    ):
+        with pytest.raises(UserError, match="another config") as e:
+            train(tiny(6, **{key: value}), str(tmp_path))
+        assert shown in str(e.value) and "--force_config_change" in str(e.value)
+    summary = train(tiny(6, eval_every=3), str(tmp_path))  # longer, evaluated at another interval: allowed
+    assert summary["step"] == 6
+    (entry,) = [json.loads(line) for line in open(tmp_path / "config_history.jsonl")]
+    assert entry["step"] == 4 and not entry["forced"]
+    assert entry["changes"]["total_steps"] == {"old": 4, "new": 6}
+    assert json.loads((tmp_path / "config.json").read_text())["total_steps"] == 6
+    assert check_resume_config(str(tmp_path), tiny(6, eval_every=3, seed=5), 6, force=True) == ["seed"]
+    assert json.loads(open(tmp_path / "config_history.jsonl").read().splitlines()[-1])["forced"]
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_intact_one(tmp_path, capsys):
+    train(tiny(4), str(tmp_path))
+    newest = tmp_path / "checkpoints" / "4" / "state"
+    for f in newest.rglob("*"):
+        if f.is_file() and f.stat().st_size > 100:
+            f.write_bytes(f.read_bytes()[:20])
+    summary = train(tiny(6), str(tmp_path))
+    err = capsys.readouterr().err
+    assert "checkpoint at step 4 is damaged" in err and "resuming from step 2" in err
+    assert summary["step"] == 6 and (tmp_path / "checkpoints_damaged" / "4").is_dir()
+    steps = [r["step"] for r in records(tmp_path) if r["split"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]  # rows after step 2 were replaced, each step once
+
+
+def test_metrics_survive_garbage_and_a_lost_evaluation_is_run_on_resume(tmp_path, capsys):
+    train(tiny(4), str(tmp_path))
+    path = tmp_path / "metrics.jsonl"
+    kept = [r for r in records(tmp_path) if not (r["step"] == 4 and r["split"] == "val")]
+    # killed after the save of step 4, before its evaluation; plus a torn line and stray bytes
+    path.write_bytes(
+        ("".join(json.dumps(r) + "\n" for r in kept) + '{"step": 5, "spl').encode() + b"\xff\xfe\n"
+    )
+    train(tiny(4), str(tmp_path))
+    err = capsys.readouterr().err
+    assert "step 4: its evaluation is missing" in err and "run already complete at step 4" in err
+    rows = records(tmp_path)
+    assert [(r["step"], r["split"]) for r in rows if r["split"] == "val"] == [(2, "val"), (4, "val")]
+    assert all(isinstance(r["step"], int) for r in rows)
+
+
+def test_tokens_per_sec_counts_real_tokens(tmp_path):
+    train(tiny(2), str(tmp_path))
+    row = next(r for r in records(tmp_path) if r["split"] == "train")
+    assert row["tokens_per_sec"] < row["padded_tokens_per_sec"] == pytest.approx(row["images_per_sec"] * 16)
+
+
+def test_a_failing_save_is_one_line_naming_the_step_and_the_intact_checkpoint(tmp_path, monkeypatch):
+    import jax.numpy as jnp
+
+    ckpt = Checkpointer(str(tmp_path))
+    state = {"w": jnp.ones(3)}
+    ckpt.save(1, state, {"pos": 1})
+    ckpt.wait()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt._manager, "save", full)
+    with pytest.raises(
+        UserError, match="step 2 .*no space left on the device.*newest intact checkpoint is step 1"
+    ):
+        ckpt.save(2, state, {"pos": 2})
+    ckpt.close()
+
+
+def test_an_unwritable_workdir_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="cannot write to --workdir"):
+        train(tiny(2), str(blocker / "run"))
+
+
+def test_probe_reruns_resume_and_never_mix(tmp_path, capsys):
+    workdir = pretrain_workdir("naraim")
+    with pytest.raises(UserError, match="is the pre-training run"):
+        run_probe(tiny_probe_config(workdir), workdir)
+    with pytest.raises(UserError, match="no checkpoint at step 999"):
+        run_probe(tiny_probe_config(os.path.join(workdir, "checkpoints", "999")), str(tmp_path / "p"))
+    cfg = tiny_probe_config(workdir)
+    cfg.checkpoint_every = 2
+    first = run_probe(cfg, str(tmp_path / "p"))
+    rows = records(tmp_path / "p")
+    same = tiny_probe_config(workdir)
+    same.checkpoint_every = 2
+    again = run_probe(same, str(tmp_path / "p"))
+    assert "probe already complete" in capsys.readouterr().err
+    assert again == first and records(tmp_path / "p") == rows  # nothing deleted, nothing appended
+    other = tiny_probe_config(workdir)
+    other.update(checkpoint_every=2, batch_size=16)
+    with pytest.raises(UserError, match="batch_size: 8 -> 16"):
+        run_probe(other, str(tmp_path / "p"))
+
+
+def test_a_killed_probe_resumes_from_its_checkpoint(tmp_path):
+    workdir = pretrain_workdir("naraim")
+    cfg = tiny_probe_config(workdir)
+    cfg.update(checkpoint_every=2, total_steps=6)
+    reference = run_probe(cfg, str(tmp_path / "reference"))
+    # a run that stopped after its step-4 checkpoint: the same probe with 4 steps, then the full command
+    short = tiny_probe_config(workdir)
+    short.update(checkpoint_every=2, total_steps=4)
+    run_probe(short, str(tmp_path / "resumed"))
+    os.remove(tmp_path / "resumed" / "results.json")
+    resumed = run_probe(cfg, str(tmp_path / "resumed"))
+    assert resumed["top1"] == reference["top1"] and resumed["per_head"] == reference["per_head"]
+
+
+def _command(workdir, *extra):
+    return [
+        sys.executable,
+        os.path.join(ROOT, "scripts", "pretrain.py"),
+        "--config=configs/demo.py:naraim",
+        f"--workdir={workdir}",
+        "--config.total_steps=100000",
+        "--config.batch_size=8",
+        "--config.data.image_size=32",
+        "--config.data.max_tokens=16",
+        "--config.log_every=1",
+        "--config.checkpoint_every=1000",
+        "--config.eval.num_examples=0",
+        *extra,
+    ]
+
+
+def _wait_for_steps(proc, workdir, deadline=240):
+    end = time.time() + deadline
+    while time.time() < end and proc.poll() is None:
+        path = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(path) and len(open(path).read().splitlines()) >= 3:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the run did not start training")
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_current_step_and_ends_with_one_line(tmp_path):
+    proc = subprocess.Popen(
+        _command(tmp_path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _wait_for_steps(proc, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    step = int(errors[0].split("interrupted at step ")[1].split(";")[0])
+    assert f"the checkpoint at step {step} is kept" in errors[0] and "re-run the same command" in errors[0]
+    assert (tmp_path / "checkpoints" / str(step)).is_dir()
+
+
+@pytest.mark.slow
+def test_worker_processes_die_with_a_killed_trainer(tmp_path):
+    proc = subprocess.Popen(
+        _command(tmp_path, "--config.data.num_workers=2"),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_for_steps(proc, tmp_path)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) >= 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, [p.cmdline()[:3] for p in alive]
