@@ -21,6 +21,9 @@ architecture (model.*) and the data recipe (data.*) are read from that run's con
                 tokens, LARS lr 0.1, label smoothing 0.1, no weight decay, cosine; add sweep's blocks to
                 find the best block.
   darl_finetune DARL's fine-tuning (Table 8): finetune + RandAugment(9, 0.5), mixup 0.8, CutMix 1.0.
+  small         sized for configs/small.py pre-trainings on a 2-core CPU (scripts/study.py): features cached
+                once (evaluation transforms), every block and the mean of the last blocks at 2 learning
+                rates selected on a 10% minival split, 400 steps of batch 128; combine with linear or knn.
   demo          sized for the demo pre-training (configs/demo.py) on a 2-core CPU: 12,000 synthetic training
                 images without augmentation (features computed once and cached), every block at 2 learning
                 rates selected on minival, a head with 16 heads and the MAP MLP, 3,000 steps of batch 64.
@@ -33,7 +36,7 @@ from ml_collections import ConfigDict, config_dict
 from naraim.errors import UserError
 from naraim.probe.config import default_data_overrides
 
-VARIANTS = ("naraim", "sweep", "knn", "finetune", "linear", "darl_linear", "darl_finetune", "demo")
+VARIANTS = ("naraim", "sweep", "knn", "finetune", "linear", "darl_linear", "darl_finetune", "small", "demo")
 
 
 def get_config(variants: str = "") -> ConfigDict:
@@ -145,6 +148,16 @@ def get_config(variants: str = "") -> ConfigDict:
         c.total_steps = 90 * 1_281_167 // 16_384
         c.batch_size = 16_384
         c.probe.label_smoothing = 0.1
+    if "small" in names:
+        c.total_steps = 400
+        c.batch_size = 128
+        c.log_every = 100
+        c.checkpoint_every = 0
+        c.optim.warmup_steps = 40
+        c.train_transforms = "eval"
+        c.probe.blocks = "all,mean"
+        c.probe.lrs = (1e-2, 1e-1) if c.protocol == "linear" else (3e-3, 1e-2)
+        c.probe.minival_fraction = 0.1
     if "demo" in names:
         c.total_steps = 3_000
         c.batch_size = 64

@@ -52,6 +52,10 @@ def prepare(cfg: ConfigDict) -> tuple[ConfigDict, ViT, dict, int]:
     Raises UserError for a bad config or a checkpoint that does not fit its run's model."""
     backbone_params, pretrain_cfg, pretrain_step = load_pretrained(cfg.init_from)
     cfg = probe_config.resolve(cfg, pretrain_cfg)
+    if cfg.optim.warmup_steps > cfg.total_steps >= 1:
+        warmup, total = cfg.optim.warmup_steps, cfg.total_steps
+        say(f"note: optim.warmup_steps={warmup} exceeds total_steps={total}; scaled to {total // 2}")
+        cfg.optim.warmup_steps = cfg.total_steps // 2
     probe_config.validate(cfg)
     cfg.pretrain_step = pretrain_step
     classes = num_classes(cfg.data)

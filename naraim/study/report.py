@@ -1,0 +1,199 @@
+"""study.json and report.md of a study: each arm's probe results per seed, their mean and spread."""
+
+import json
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from naraim.probe.plots import bin_label, plot_accuracy_by_bin  # noqa: E402
+from naraim.probe.results import read_results  # noqa: E402
+from naraim.workdir import atomic_write, read_json  # noqa: E402
+
+METRICS = ("top1", "knn_top1", "linear_top1")
+
+
+def best_per_block(per_head: list[dict]) -> dict[str, float]:
+    """{features: validation top-1 of the head with the best minival top-1 among that block's lrs}."""
+    best: dict[str, dict] = {}
+    for head in per_head:
+        name = str(head["features"])
+        if name not in best or head["minival_top1"] > best[name]["minival_top1"]:
+            best[name] = head
+    return {name: head["top1"] for name, head in best.items()}
+
+
+def arm_seed_results(folder: str) -> dict:
+    """One arm and seed: its probes' results and wall time."""
+    attentive = read_results(os.path.join(folder, "probe_attentive"))
+    knn = read_results(os.path.join(folder, "probe_knn"))
+    linear = read_results(os.path.join(folder, "probe_linear"))
+    times = read_json(os.path.join(folder, "arm.json"), "the arm's record")
+    return {
+        "top1": attentive["top1"],
+        "selected": attentive["selected"],
+        "knn_top1": knn["top1"],
+        "knn_selected": knn["selected"],
+        "linear_top1": linear["top1"],
+        "linear_selected": linear["selected"],
+        "per_block_top1": best_per_block(attentive["per_head"]),
+        "knn_per_block_top1": {str(h["features"]): h["top1"] for h in knn["per_head"]},
+        "per_aspect_ratio_bin": attentive["per_aspect_ratio_bin"],
+        "num_examples": attentive["num_examples"],
+        "wall_seconds": sum(times.values()),
+    }
+
+
+def _mean_bins(runs: list[dict]) -> list[dict]:
+    bins = []
+    for i, b in enumerate(runs[0]["per_aspect_ratio_bin"]):
+        values = [
+            r["per_aspect_ratio_bin"][i]["top1"]
+            for r in runs
+            if r["per_aspect_ratio_bin"][i]["top1"] is not None
+        ]
+        bins.append(
+            {"bin": b["bin"], "count": b["count"], "top1": float(np.mean(values)) if values else None}
+        )
+    return bins
+
+
+def aggregate(runs: dict[int, dict]) -> dict:
+    """An arm over seeds: means, {metric: {min, max, std}}, and the per-seed results."""
+    seeds = list(runs.values())
+    out = {m: float(np.mean([r[m] for r in seeds])) for m in (*METRICS, "wall_seconds")}
+    blocks = seeds[0]["per_block_top1"]
+    out["per_block_top1"] = {b: float(np.mean([r["per_block_top1"][b] for r in seeds])) for b in blocks}
+    out["per_aspect_ratio_bin"] = _mean_bins(seeds)
+    out["spread"] = {
+        m: {
+            "min": min(r[m] for r in seeds),
+            "max": max(r[m] for r in seeds),
+            "std": float(np.std([r[m] for r in seeds])),
+        }
+        for m in METRICS
+    }
+    out["seeds"] = {str(s): r for s, r in runs.items()}
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _range(arm: dict, metric: str) -> str:
+    s = arm["spread"][metric]
+    return f"{_pct(arm[metric])} ({_pct(s['min'])}-{_pct(s['max'])})"
+
+
+def _finite(obj):
+    """obj with infinite floats (open aspect-ratio bin edges) as None, for strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return None if isinstance(obj, float) and math.isinf(obj) else obj
+
+
+def _plot_blocks(arms: dict, path: str) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for name, arm in arms.items():
+        blocks = list(arm["per_block_top1"])
+        ax.plot(range(len(blocks)), [100 * arm["per_block_top1"][b] for b in blocks], marker="o", label=name)
+    ax.set_xticks(range(len(blocks)), [b.replace("_", " ") for b in blocks])
+    ax.set_xlabel("features: backbone block (attentive probe, best lr on minival)")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(workdir: str, arm_names: tuple[str, ...], seeds: list[int], meta: dict) -> dict:
+    """Reads every arm's probes, writes DIR/study.json, DIR/report.md and two plots; returns the study."""
+    arms = {
+        a: aggregate({s: arm_seed_results(os.path.join(workdir, f"{a}_s{s}")) for s in seeds})
+        for a in arm_names
+    }
+    gaps = {
+        f"{a}_minus_random_init": {m: arms[a][m] - arms["random_init"][m] for m in METRICS}
+        for a in arm_names
+        if a != "random_init"
+    }
+    study = {**meta, "seeds": seeds, "arms": arms, "gaps": gaps}
+    text = json.dumps(_finite(study), indent=2, allow_nan=False)
+    atomic_write(os.path.join(workdir, "study.json"), text + "\n")
+    _plot_blocks(arms, os.path.join(workdir, "accuracy_by_block.png"))
+    plot_accuracy_by_bin(
+        {a: {"top1": arms[a]["top1"], "per_aspect_ratio_bin": arms[a]["per_aspect_ratio_bin"]} for a in arms},
+        os.path.join(workdir, "accuracy_by_aspect_ratio.png"),
+        "Attentive probe top-1 by aspect ratio (mean over seeds)",
+    )
+    atomic_write(os.path.join(workdir, "report.md"), _markdown(study))
+    return study
+
+
+def _markdown(study: dict) -> str:
+    arms, seeds = study["arms"], study["seeds"]
+    plan = study["plan"]
+    lines = [
+        "# naraim study",
+        "",
+        f"Data: `{study['data']}`. Date: {study['date']}. Seeds: {', '.join(map(str, seeds))}. "
+        f"Pre-training: {plan['steps']} steps per arm ({plan['chosen_by']}).",
+        "",
+        "Commands:",
+        "",
+        "```bash",
+        *study["commands"],
+        "```",
+        "",
+        "Validation top-1 (%), mean over seeds (min-max). Attentive and linear: the head selected on a "
+        "minival split carved from the training split; kNN: the block selected on minival.",
+        "",
+        "| arm | attentive top-1 | kNN top-1 | linear top-1 | wall time (s, all seeds) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, arm in arms.items():
+        row = [_range(arm, m) for m in METRICS]
+        lines.append(f"| {name} | {' | '.join(row)} | {arm['wall_seconds'] * len(seeds):.0f} |")
+    lines += ["", "Gaps to the random-init control (points, mean over seeds):", ""]
+    for name, gap in study["gaps"].items():
+        lines.append(f"- {name}: " + ", ".join(f"{m} {100 * v:+.1f}" for m, v in gap.items()))
+    blocks = list(next(iter(arms.values()))["per_block_top1"])
+    lines += ["", "Attentive top-1 (%) per block (best lr per block on minival), mean over seeds:", ""]
+    lines += ["| arm | " + " | ".join(blocks) + " |", "|---" * (len(blocks) + 1) + "|"]
+    for name, arm in arms.items():
+        lines.append(f"| {name} | " + " | ".join(_pct(arm["per_block_top1"][b]) for b in blocks) + " |")
+    bins = next(iter(arms.values()))["per_aspect_ratio_bin"]
+    lines += ["", "Attentive top-1 (%) per aspect-ratio bin (width/height of the source image):", ""]
+    lines += ["| arm | " + " | ".join(f"{bin_label(*b['bin'])} (n={b['count']})" for b in bins) + " |"]
+    lines += ["|---" * (len(bins) + 1) + "|"]
+    for name, arm in arms.items():
+        lines.append(f"| {name} | " + " | ".join(_pct(b["top1"]) for b in arm["per_aspect_ratio_bin"]) + " |")
+    lines += [
+        "",
+        "Per seed:",
+        "",
+        "| arm | seed | attentive | selected | kNN | selected | linear |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, arm in arms.items():
+        for seed, r in arm["seeds"].items():
+            sel, ksel = r["selected"], r["knn_selected"]
+            lines.append(
+                f"| {name} | {seed} | {_pct(r['top1'])} | block {sel['features']}, lr {sel['lr']:g} | "
+                f"{_pct(r['knn_top1'])} | block {ksel['features']} | {_pct(r['linear_top1'])} |"
+            )
+    lines += [
+        "",
+        "![top-1 by block](accuracy_by_block.png)",
+        "",
+        "![top-1 by aspect ratio](accuracy_by_aspect_ratio.png)",
+        "",
+    ]
+    return "\n".join(lines)
