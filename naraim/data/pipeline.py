@@ -157,9 +157,10 @@ def _empty_example(patch_size: int, max_tokens: int) -> dict[str, np.ndarray]:
     }
 
 
-def _loader(
+def make_loader(
     data_cfg: ml_collections.ConfigDict, split: str, names, patch_size: int, seed: int
 ) -> ExampleLoader:
+    """The ExampleLoader of `split` with the transforms `names` (data_cfg's geometry and options)."""
     s, n = int(data_cfg.image_size), token_budget(data_cfg, patch_size)
     transforms = tuple(
         make_transform(
@@ -238,7 +239,7 @@ def make_train_iterator(
     """
     validate_data_config(data_cfg, patch_size)
     batch = _per_process_batch(global_batch_size, process_count)
-    loader = _loader(data_cfg, data_cfg.train_split, data_cfg.transforms, patch_size, seed)
+    loader = make_loader(data_cfg, data_cfg.train_split, data_cfg.transforms, patch_size, seed)
     loader.require_usable()
     if indices is None:
         indices = np.arange(len(loader.source))
@@ -287,7 +288,7 @@ def make_eval_iterator(
     padding (and unusable images) have valid False. Every process yields the same number of batches."""
     validate_data_config(data_cfg, patch_size)
     batch = _per_process_batch(global_batch_size, process_count)
-    loader = _loader(data_cfg, split, data_cfg.eval_transforms, patch_size, 0)
+    loader = make_loader(data_cfg, split, data_cfg.eval_transforms, patch_size, 0)
     loader.require_usable()
     indices = np.arange(len(loader.source)) if indices is None else np.asarray(indices, np.int64)
     if max_examples is not None:

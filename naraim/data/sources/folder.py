@@ -28,7 +28,7 @@ def _subdirs(path: str) -> list[str]:
         return sorted(e.name for e in entries if _is_dir(e) and not e.name.startswith("."))
 
 
-def _files(path: str, seen: set | None = None) -> list[str]:
+def list_files(path: str, seen: set | None = None) -> list[str]:
     """Non-hidden regular files under `path` (recursively, following symbolic links to folders but never
     into a folder twice, so a link loop ends), sorted; pipes, sockets and devices are left out so that
     reading an example can never block."""
@@ -51,7 +51,7 @@ def _files(path: str, seen: set | None = None) -> list[str]:
                 out.append(e.path)
     out.sort()
     for d in sorted(dirs):
-        out.extend(_files(d, seen))
+        out.extend(list_files(d, seen))
     return out
 
 
@@ -90,7 +90,7 @@ class FolderSource:
                 raise UserError(
                     f"class folder {c!r} of split {split_dir!r} is not in {class_root!r}; add or rename it"
                 )
-            items.extend((f, ids[c]) for f in _files(os.path.join(root, split_dir, c)))
+            items.extend((f, ids[c]) for f in list_files(os.path.join(root, split_dir, c)))
         return classes, items
 
     @staticmethod
@@ -104,7 +104,7 @@ class FolderSource:
             )
         items = []
         for i, c in enumerate(classes):
-            files = _files(os.path.join(root, c))
+            files = list_files(os.path.join(root, c))
             order = np.random.default_rng([seed, i]).permutation(len(files))
             k = round(fraction * len(files)) if len(files) > 1 else 0
             chosen = order[:k] if split != "train" else order[k:]
