@@ -22,7 +22,7 @@ import types
 
 
 def _tfrecords(images: str, out: str) -> list[str]:
-    import tensorflow as tf
+    import tensorflow as tf  # this script runs with the reference's Python; --help works without it
 
     paths = sorted(
         p
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    import psutil
+    import psutil  # the reference's Python, not naraim's: imported after --help
     import tensorflow as tf
 
     # The reference's transformations package imports timm for AutoAugment, which this pipeline does not use.
@@ -74,7 +74,7 @@ def main() -> None:
     sys.modules["timm.data"] = types.ModuleType("timm.data")
     sys.modules["timm.data.auto_augment"] = types.SimpleNamespace(rand_augment_transform=None)
     sys.path.insert(0, args.reference_repo)
-    from dataset import load_dataset  # noqa: E402
+    from dataset import load_dataset  # noqa: E402  (the reference checkout, on sys.path from here)
     from transformations import NativeAspectRatioResize, RandomCrop, RandomHorizontalFlip  # noqa: E402
 
     files = _tfrecords(args.images, args.tfrecords or args.images.rstrip("/") + "_tfrecords")

@@ -8,6 +8,7 @@ DDPM ancestral sampling over --num_steps steps. The same seed gives the same ima
 """
 
 from naraim.cli import ArgumentParser, run_main
+from naraim.generate import generate_from_run
 
 
 def main() -> None:
@@ -20,8 +21,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--split", default="", help="data split (default: the run's data.val_split)")
     args = parser.parse_args()
-    from naraim.generate import generate_from_run
-
     path = generate_from_run(
         args.init_from,
         args.out,

@@ -12,6 +12,7 @@ import argparse
 import logging
 
 from naraim.cli import ArgumentParser, run_main
+from naraim.data.config import default_data_config
 from naraim.data.prepare import write_arrayrecord
 from naraim.errors import UserError
 
@@ -37,8 +38,6 @@ def main() -> None:
     if not 0 < args.holdout_fraction < 1:
         raise UserError(f"--holdout_fraction={args.holdout_fraction} must be strictly between 0 and 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from naraim.data.config import default_data_config
-
     cfg = default_data_config()
     cfg.tfds_data_dir = args.tfds_data_dir
     cfg.holdout_fraction = args.holdout_fraction

@@ -19,7 +19,8 @@ from naraim.probe.classifier import make_classifier
 from naraim.probe.knn import knn_correct, normalise
 from naraim.probe.loading import load_pretrained
 from naraim.probe.minival import split_minival
-from naraim.probe.runner import make_sweep, prepare, run_probe
+from naraim.probe.protocols import make_sweep
+from naraim.probe.runner import prepare, run_probe
 from naraim.probe.step import init_params
 from naraim.train.checkpoint import restore_params
 from naraim.train.optimizer import make_optimizer

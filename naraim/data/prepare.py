@@ -12,6 +12,7 @@ import os
 from multiprocessing import Pool
 
 import ml_collections
+from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
 from naraim.data.config import default_data_config
@@ -67,8 +68,6 @@ def write_arrayrecord(
 
     source_spec: 'folder:PATH' or 'tfds:NAME' (or 'synthetic'); max_area 0 keeps the original bytes.
     """
-    from array_record.python.array_record_module import ArrayRecordWriter
-
     cfg = data_cfg.copy_and_resolve_references() if data_cfg is not None else default_data_config()
     cfg.source = source_spec
     os.makedirs(out_dir, exist_ok=True)

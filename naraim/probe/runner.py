@@ -8,43 +8,20 @@ and, for a sweep over several blocks, accuracy_by_block.png.
 """
 
 import os
-import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 from ml_collections import ConfigDict
 
-from naraim.console import progress, say
-from naraim.data.pipeline import make_eval_iterator, make_train_iterator, num_classes, split_size
+from naraim.console import say
+from naraim.data.pipeline import num_classes
 from naraim.errors import UserError
-from naraim.model.model import MODEL_INPUTS
-from naraim.model.sizes import get_size
 from naraim.model.vit import ViT, make_backbone
 from naraim.probe import config as probe_config
-from naraim.probe import features as F
-from naraim.probe import knn, sweep
-from naraim.probe.accuracy import Accumulator, local_rows
-from naraim.probe.cache import CacheBatches, compute_cache
-from naraim.probe.classifier import Classifier, make_classifier
-from naraim.probe.heads import make_head
-from naraim.probe.layer_decay import layer_scales, scale_by_layer
 from naraim.probe.loading import check_backbone_params, load_pretrained
-from naraim.probe.loop import train_loop
-from naraim.probe.minival import split_minival
-from naraim.probe.plots import plot_accuracy_by_bin, plot_accuracy_by_block
-from naraim.probe.results import RESULTS_FILE, read_results, sweep_results, write_results
-from naraim.probe.step import init_params, init_state, make_eval_step, make_train_step
-from naraim.train.checkpoint import CHECKPOINT_DIR, write_config
-from naraim.train.mesh import global_batch, make_mesh, replicated
-from naraim.train.metrics_log import MetricsLogger
-from naraim.train.optimizer import make_optimizer
+from naraim.probe.protocols import RunContext, finetune, frozen, knn_protocol
+from naraim.probe.results import RESULTS_FILE, read_results
+from naraim.train.checkpoint import CHECKPOINT_DIR
 from naraim.train.step import dummy_batch
 from naraim.workdir import MUTABLE_KEYS, WorkdirLock, check_resume_config
-
-PLOT_FILE = "accuracy_by_aspect_ratio.png"
-BLOCK_PLOT_FILE = "accuracy_by_block.png"
 
 
 def prepare(cfg: ConfigDict) -> tuple[ConfigDict, ViT, dict, int]:
@@ -67,292 +44,6 @@ def prepare(cfg: ConfigDict) -> tuple[ConfigDict, ViT, dict, int]:
     backbone = make_backbone(cfg.model)
     check_backbone_params(backbone_params, backbone, dummy_batch(cfg, 1), cfg.init_from)
     return cfg, backbone, backbone_params, classes
-
-
-def make_sweep(cfg: ConfigDict, backbone: ViT, classes: int) -> sweep.Sweep:
-    """The frozen protocol's heads: one per (probe.blocks spec, learning rate)."""
-    heads = cfg.probe.num_heads or get_size(cfg.model.variant)["heads"]
-    head = make_head(cfg.protocol, "", classes, heads, cfg.probe.use_map_mlp, cfg.probe.head)
-    return sweep.Sweep(
-        backbone=backbone,
-        head=head,
-        attention=cfg.attention,
-        specs=F.parse_blocks(cfg.probe.blocks, backbone.depth),
-        lrs=tuple(float(lr) for lr in cfg.probe.lrs) or (float(cfg.optim.lr),),
-        last_k=int(cfg.probe.last_k),
-    )
-
-
-def use_cache(cfg: ConfigDict) -> bool:
-    """Frozen protocols cache features if asked ('always') or if the transforms are deterministic ('auto')."""
-    if cfg.protocol == "finetune" or cfg.probe.cache_features == "never":
-        return False
-    return cfg.probe.cache_features == "always" or not probe_config.has_randomness(cfg.data)
-
-
-def _eval_iterator(cfg: ConfigDict, split: str, indices=None, max_examples=None, data_cfg=None):
-    return make_eval_iterator(
-        data_cfg or cfg.data,
-        split=split,
-        patch_size=get_size(cfg.model.variant)["patch"],
-        global_batch_size=cfg.eval.batch_size or cfg.batch_size,
-        max_examples=max_examples,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        indices=indices,
-    )
-
-
-def _train_transforms_data(cfg: ConfigDict) -> ConfigDict:
-    """The data config whose eval transforms are the training transforms (to visit training images once)."""
-    data = cfg.data.copy_and_resolve_references()
-    data.eval_transforms = data.transforms
-    return data
-
-
-def _accumulate(eval_fn, batches, mesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(top1, top5 [M, ...], aspect_ratio [M]) of eval_fn(global batch) over `batches` (valid rows only)."""
-    acc = Accumulator()
-    for local in batches:
-        top1, top5 = eval_fn(global_batch(local, mesh))
-        acc.add(local_rows(top1), local_rows(top5), local["aspect_ratio"], local["valid"])
-    return acc.arrays()
-
-
-def _features(fn, backbone_params: dict, batches, mesh, what: str, enabled: bool) -> dict:
-    """compute_cache with a progress line ('caching features of the training split: 12/47 batches ...')."""
-    bar = progress(len(batches), what, "batch", enabled=enabled, min_interval=10.0)
-    try:
-        return compute_cache(fn, backbone_params, batches, mesh, progress=bar.update)
-    finally:
-        bar.close()
-
-
-def _cache_eval_batches(cache: dict, batch: int):
-    """The cache's rows in batches of `batch`, the last padded with rows whose 'valid' is False."""
-    n = len(cache["label"])
-    for start in range(0, n, batch):
-        index = np.minimum(np.arange(start, start + batch), n - 1)
-        out = {k: v[index] for k, v in cache.items()}
-        out["valid"] = np.arange(start, start + batch) < n
-        yield out
-
-
-class _Run:
-    """What every protocol shares: the resolved config, the workdir's files, the mesh and the split names."""
-
-    def __init__(self, cfg: ConfigDict, workdir: str, resume_step: int):
-        self.cfg, self.workdir = cfg, workdir
-        self.edges = probe_config.edges_from_config(cfg.aspect_ratio_bins)
-        self.eval_split = cfg.eval.split or cfg.data.val_split
-        self.eval_name = "test" if self.eval_split == "test" else "val"
-        self.mesh = make_mesh()
-        if not resume_step:
-            write_config(workdir, cfg)
-        self.logger = MetricsLogger(workdir, cfg, resume_step=resume_step)
-        n = split_size(cfg.data, cfg.data.train_split)
-        self.train_idx, self.minival_idx = split_minival(n, float(cfg.probe.minival_fraction), int(cfg.seed))
-        self.local_batch = cfg.batch_size // jax.process_count()
-
-    def eval_batches(self, split: str, indices=None, max_examples=None, data_cfg=None):
-        return _eval_iterator(self.cfg, split, indices, max_examples, data_cfg)
-
-    def finish(self, results: dict, value_name: str = "lr") -> dict:
-        """Logs, writes results.json and the plots; returns the results."""
-        self.logger.write(
-            self.cfg.total_steps, self.eval_name, {"top1": results["top1"], "top5": results["top5"]}
-        )
-        if jax.process_index() == 0:
-            write_results(self.workdir, results)
-            name = os.path.basename(os.path.abspath(self.workdir))
-            plot_accuracy_by_bin({name: results}, os.path.join(self.workdir, PLOT_FILE))
-            self.logger.write_image(
-                self.cfg.total_steps, "accuracy_by_aspect_ratio", os.path.join(self.workdir, PLOT_FILE)
-            )
-            if len({h["features"] for h in results["per_head"]}) > 1:
-                path = os.path.join(self.workdir, BLOCK_PLOT_FILE)
-                plot_accuracy_by_block(results["per_head"], path, value_name, f"{name}: top-1 by block")
-        return results
-
-
-def _frozen(run: _Run, backbone: ViT, backbone_np: dict, classes: int) -> dict:
-    cfg, mesh = run.cfg, run.mesh
-    sw = make_sweep(cfg, backbone, classes)
-    backbone_params = jax.device_put(backbone_np, replicated(mesh))
-    cached = use_cache(cfg)
-    if cached:
-        start = time.time()
-        blocks_fn = jax.jit(sw.block_stack)
-        train_data = _train_transforms_data(cfg)
-        batches = run.eval_batches(cfg.data.train_split, run.train_idx, data_cfg=train_data)
-        cache = _features(blocks_fn, backbone_params, batches, mesh, "caching features", cfg.progress_bar)
-        if not len(cache["label"]):
-            raise UserError(
-                f"data.train_split={cfg.data.train_split!r} has no usable images: check data.source"
-            )
-        minival_cache = None
-        if len(run.minival_idx):
-            batches = run.eval_batches(cfg.data.train_split, run.minival_idx, data_cfg=train_data)
-            minival_cache = _features(
-                blocks_fn, backbone_params, batches, mesh, "caching minival", cfg.progress_bar
-            )
-        run.logger.write(
-            0, "train", {"cache_examples": len(cache["label"]), "cache_seconds": time.time() - start}
-        )
-        batches = CacheBatches(cache, run.local_batch, cfg.seed)
-    else:
-        batches = make_train_iterator(
-            cfg.data,
-            patch_size=backbone.patch,
-            global_batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            indices=run.train_idx,
-        )
-    params, stats = sw.init(backbone_params, dummy_batch(cfg, 1), cfg.seed)
-    unit = cfg.optim.copy_and_resolve_references()
-    unit.lr = 1.0  # each head's learning rate multiplies its updates
-    optimizer, schedule = make_optimizer(unit, cfg.total_steps)
-    state = jax.device_put(sweep.init_state(params, stats, optimizer, cfg.seed), replicated(mesh))
-    train_step = sweep.make_train_step(sw, optimizer, schedule, cached, float(cfg.probe.label_smoothing))
-    eval_step = sweep.make_eval_step(sw)
-    cached_eval = sweep.make_eval_step(sw, cached=True)
-
-    def minival_top1(state) -> np.ndarray | None:
-        if not len(run.minival_idx):
-            return None
-        if cached:
-            batches_ = _cache_eval_batches(
-                minival_cache, (cfg.eval.batch_size or cfg.batch_size) // jax.process_count()
-            )
-            top1, _, _ = _accumulate(lambda b: cached_eval(state, backbone_params, b), batches_, mesh)
-        else:
-            batches_ = run.eval_batches(cfg.data.train_split, run.minival_idx)
-            top1, _, _ = _accumulate(lambda b: eval_step(state, backbone_params, b), batches_, mesh)
-        return top1.mean(axis=0)
-
-    def evaluate(state, step: int) -> dict:
-        top1, top5, ar = _accumulate(
-            lambda b: eval_step(state, backbone_params, b),
-            run.eval_batches(run.eval_split, max_examples=cfg.eval.max_examples),
-            mesh,
-        )
-        names = [F.spec_name(s, sw.last_k) for s in sw.specs]
-        results = sweep_results(top1, top5, ar, run.edges, names, list(sw.lrs), minival_top1(state))
-        if step < cfg.total_steps:
-            run.logger.write(step, run.eval_name, {"top1": results["top1"], "top5": results["top5"]})
-        return results
-
-    def step_fn(state, local):
-        return train_step(state, backbone_params, global_batch(local, mesh))
-
-    state = train_loop(cfg, run.workdir, step_fn, state, batches, run.logger, evaluate)
-    return run.finish(evaluate(state, cfg.total_steps))
-
-
-def make_finetune_optimizer(cfg: ConfigDict, clf: Classifier, params: dict):
-    """(optimizer, schedule): the trainer's AdamW + warmup/cosine, with layer-wise lr decay."""
-    optimizer, schedule = make_optimizer(cfg.optim, cfg.total_steps)
-    if cfg.finetune.layer_decay == 1:
-        return optimizer, schedule
-    scales = layer_scales(params, clf.backbone.depth, cfg.finetune.layer_decay)
-    return optax.chain(optimizer, scale_by_layer(scales)), schedule
-
-
-def _finetune(run: _Run, backbone: ViT, backbone_np: dict, classes: int) -> dict:
-    cfg, mesh = run.cfg, run.mesh
-    clf = make_classifier(cfg, backbone, classes)
-    batches = make_train_iterator(
-        cfg.data,
-        patch_size=backbone.patch,
-        global_batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        indices=run.train_idx,
-    )
-    params, stats = init_params(clf, jax.tree.map(np.asarray, backbone_np), dummy_batch(cfg, 1), cfg.seed)
-    optimizer, schedule = make_finetune_optimizer(cfg, clf, params)
-    state = jax.device_put(init_state(params, stats, optimizer, cfg.seed), replicated(mesh))
-    train_step = make_train_step(clf, optimizer, schedule, cfg, classes)
-    eval_step = make_eval_step(clf)
-
-    def evaluate(state, step: int) -> dict:
-        top1, top5, ar = _accumulate(
-            lambda b: eval_step(state, b),
-            run.eval_batches(run.eval_split, max_examples=cfg.eval.max_examples),
-            mesh,
-        )
-        results = sweep_results(
-            top1[:, None, None], top5[:, None, None], ar, run.edges, ["encoded"], [float(cfg.optim.lr)], None
-        )
-        if step < cfg.total_steps:
-            run.logger.write(step, run.eval_name, {"top1": results["top1"], "top5": results["top5"]})
-        return results
-
-    state = train_loop(
-        cfg,
-        run.workdir,
-        lambda s, b: train_step(s, global_batch(b, mesh)),
-        state,
-        batches,
-        run.logger,
-        evaluate,
-    )
-    return run.finish(evaluate(state, cfg.total_steps))
-
-
-def _knn(run: _Run, backbone: ViT, backbone_np: dict, classes: int) -> dict:
-    cfg, mesh = run.cfg, run.mesh
-    specs = F.parse_blocks(cfg.probe.blocks, backbone.depth)
-    blocks = F.needed_blocks(specs, backbone.depth, cfg.probe.last_k)
-    backbone_params = jax.device_put(backbone_np, replicated(mesh))
-
-    def embed(bp, batch):
-        _, inter = backbone.apply({"params": bp}, *(batch[k] for k in MODEL_INPUTS), attention=cfg.attention)
-        pooled = knn.mean_pool(F.block_stack(inter, blocks), batch["length"])  # [B, nb, D]
-        feats = F.spec_features(pooled, specs, blocks, backbone.depth, cfg.probe.last_k)  # [F, B, D]
-        return jnp.moveaxis(knn.normalise(feats), 0, 1)  # [B, F, D]
-
-    start = time.time()
-    embed_fn = jax.jit(embed)
-    train_data = _train_transforms_data(cfg)
-    batches = run.eval_batches(cfg.data.train_split, run.train_idx, data_cfg=train_data)
-    bank = _features(embed_fn, backbone_params, batches, mesh, "kNN bank", cfg.progress_bar)
-    if not len(bank["label"]):
-        raise UserError(f"data.train_split={cfg.data.train_split!r} has no usable images: check data.source")
-
-    def correct(queries: dict) -> tuple[np.ndarray, np.ndarray]:
-        top1, top5 = [], []
-        for f in range(len(specs)):
-            t1, t5 = knn.knn_correct(
-                bank["features"][:, f],
-                bank["label"],
-                queries["features"][:, f],
-                queries["label"],
-                classes,
-                cfg.knn.k,
-                cfg.knn.temperature,
-            )
-            top1.append(t1)
-            top5.append(t5)
-        return np.stack(top1, 1)[:, :, None], np.stack(top5, 1)[:, :, None]
-
-    minival = None
-    if len(run.minival_idx):
-        batches = run.eval_batches(cfg.data.train_split, run.minival_idx, data_cfg=train_data)
-        queries = _features(embed_fn, backbone_params, batches, mesh, "kNN minival", cfg.progress_bar)
-        minival = correct(queries)[0].mean(axis=0)
-    batches = run.eval_batches(run.eval_split, max_examples=cfg.eval.max_examples)
-    queries = _features(embed_fn, backbone_params, batches, mesh, f"kNN {run.eval_name}", cfg.progress_bar)
-    top1, top5 = correct(queries)
-    names = [F.spec_name(s, cfg.probe.last_k) for s in specs]
-    results = sweep_results(
-        top1, top5, queries["aspect_ratio"], run.edges, names, [int(cfg.knn.k)], minival, "k"
-    )
-    run.logger.write(0, "train", {"bank_examples": len(bank["label"]), "knn_seconds": time.time() - start})
-    return run.finish(results, "k")
 
 
 def _pretraining_workdir(init_from: str) -> str:
@@ -388,8 +79,8 @@ def run_probe(cfg: ConfigDict, workdir: str, force_config_change: bool = False) 
                 return read_results(workdir)
         if steps:
             say(f"resuming the probe from step {steps[-1]} ({workdir})")
-        run = _Run(cfg, workdir, steps[-1] if steps else 0)
-        protocol = {"finetune": _finetune, "knn": _knn}.get(cfg.protocol, _frozen)
+        run = RunContext(cfg, workdir, steps[-1] if steps else 0)
+        protocol = {"finetune": finetune, "knn": knn_protocol}.get(cfg.protocol, frozen)
         try:
             return protocol(run, backbone, backbone_np, classes)
         finally:

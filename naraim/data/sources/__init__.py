@@ -9,15 +9,16 @@ height when the source stores it (pre-resized ArrayRecord shards), else None.
 import ml_collections
 
 from naraim.data.config import source_kind, synthetic_sides
+from naraim.data.sources.arrayrecord import ArrayRecordSource
 from naraim.data.sources.base import Source
+from naraim.data.sources.folder import FolderSource
+from naraim.data.sources.synthetic import SyntheticSource
 
 
 def open_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
     """The source of `split` ('train', 'validation', ...) named by data_cfg.source; UserError if missing."""
     kind, arg = source_kind(data_cfg.source)
     if kind == "synthetic":
-        from naraim.data.sources.synthetic import SyntheticSource
-
         syn = data_cfg.synthetic
         min_side, max_side = synthetic_sides(data_cfg)
         return SyntheticSource(
@@ -28,8 +29,6 @@ def open_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
             sizes={"train": syn.train_size, "validation": syn.validation_size, "test": syn.test_size},
         )
     if kind == "folder":
-        from naraim.data.sources.folder import FolderSource
-
         return FolderSource(
             arg,
             split,
@@ -37,11 +36,9 @@ def open_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
             holdout_seed=int(data_cfg.holdout_seed),
         )
     if kind == "tfds":
-        from naraim.data.sources.tfds import TfdsSource
+        from naraim.data.sources.tfds import TfdsSource  # tensorflow_datasets is heavy: only for tfds:
 
         return TfdsSource(arg, split, data_dir=data_cfg.tfds_data_dir or None)
-    from naraim.data.sources.arrayrecord import ArrayRecordSource
-
     return ArrayRecordSource(arg, split)
 
 

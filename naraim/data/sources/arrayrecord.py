@@ -12,6 +12,8 @@ import json
 import os
 import struct
 
+from array_record.python.array_record_data_source import ArrayRecordDataSource
+
 from naraim.data.sources.base import Example
 from naraim.errors import UserError
 
@@ -45,8 +47,6 @@ class ArrayRecordSource:
     """source[i] = (encoded image bytes, label, name) from the shards matching the glob."""
 
     def __init__(self, pattern: str, split: str):
-        from array_record.python.array_record_data_source import ArrayRecordDataSource
-
         self.pattern = pattern.replace("{split}", split)
         self.split = split
         paths = sorted(glob.glob(self.pattern))

@@ -13,7 +13,7 @@ class TfdsSource:
     """source[i] = (encoded image bytes, label, 'NAME/split/i')."""
 
     def __init__(self, name: str, split: str, *, data_dir: str | None = None):
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # heavy to import: only when a tfds: source is opened
 
         self.name, self.split = name, split
         try:
