@@ -13,6 +13,7 @@ from naraim.data.sources.arrayrecord import ArrayRecordSource
 from naraim.data.sources.base import Source
 from naraim.data.sources.folder import FolderSource
 from naraim.data.sources.synthetic import SyntheticSource
+from naraim.data.sources.tfds import TfdsSource
 
 
 def open_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
@@ -36,8 +37,6 @@ def open_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
             holdout_seed=int(data_cfg.holdout_seed),
         )
     if kind == "tfds":
-        from naraim.data.sources.tfds import TfdsSource  # tensorflow_datasets is heavy: only for tfds:
-
         return TfdsSource(arg, split, data_dir=data_cfg.tfds_data_dir or None)
     return ArrayRecordSource(arg, split)
 
