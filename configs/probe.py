@@ -45,23 +45,23 @@ def get_config(variants: str = "") -> ConfigDict:
     if unknown:
         raise UserError(f"unknown config variant(s) {unknown}: use a comma-separated subset of {VARIANTS}")
     c = ConfigDict()
-    c.variant = variants or ""
-    c.init_from = ""
+    c.variant = variants or ""  # the variants this config was built with
+    c.init_from = ""  # the pre-training workdir (its newest checkpoint) or one of its checkpoints/<step>
     c.protocol = "attentive"  # 'attentive' | 'linear' | 'knn' | 'finetune'
     c.attention = "bidirectional"  # the backbone's attention at probe / fine-tuning time: or 'causal'
-    c.seed = 0
-    c.total_steps = 50_000
+    c.seed = 0  # heads' initialisation, data order, minival split
+    c.total_steps = 50_000  # optimiser steps (not used by knn)
     c.batch_size = 1024  # global
-    c.log_every = 100
+    c.log_every = 100  # steps between train rows of metrics.jsonl
     c.eval_every = 0  # 0: evaluate once, at the end
     c.checkpoint_every = 1_000  # probe state + data position, so a stopped run resumes (0: never)
-    c.keep_checkpoints = 2
+    c.keep_checkpoints = 2  # the newest checkpoints kept
     c.aspect_ratio_bins = (0.0, 0.5, 0.75, 1.33, 2.0, math.inf)  # width/height; on a command line inf = 1e9
     # Training transforms: 'pretraining' = the pre-training run's data.transforms (NARAIM: native aspect
     # ratio + random crop + flip; AIM: RandomResizedCrop + flip), 'eval' = its data.eval_transforms.
     c.train_transforms = "pretraining"
-    c.progress_bar = True
-    c.wandb = ConfigDict(dict(mode="disabled", project="naraim-probe", name=""))
+    c.progress_bar = True  # progress on stderr
+    c.wandb = ConfigDict(dict(mode="disabled", project="naraim-probe", name=""))  # as pre-training's wandb.*
 
     c.data = default_data_overrides()  # any data.* key; None = the pre-training run's value
     c.model = ConfigDict()  # compute settings only; the architecture always comes from the checkpoint's run
@@ -94,23 +94,23 @@ def get_config(variants: str = "") -> ConfigDict:
     c.finetune = ConfigDict()
     c.finetune.descriptor = "last"  # 'last' (last real token's output) | 'mean' (mean pooling) | 'probe'
     c.finetune.layer_decay = 0.75  # lr of block i = lr * decay**(depth - i); embeddings decay**(depth + 1)
-    c.finetune.label_smoothing = 0.1
+    c.finetune.label_smoothing = 0.1  # of the one-hot targets
     c.finetune.mixup_alpha = 0.0  # 0 = off (DARL: 0.8)
     c.finetune.cutmix_alpha = 0.0  # 0 = off (DARL: 1.0)
     c.finetune.mix_prob = 1.0  # probability that a batch is mixed when mixup/cutmix is on
 
     c.optim = ConfigDict()
     c.optim.optimizer = "adamw"  # 'adamw' | 'lars'
-    c.optim.schedule = "cosine"
-    c.optim.lr = 1e-3
-    c.optim.end_lr = 0.0
-    c.optim.warmup_steps = 500
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.01
+    c.optim.schedule = "cosine"  # warmup then cosine decay (or 'constant', 'naraim', 'naraim_ref')
+    c.optim.lr = 1e-3  # peak learning rate (probe.lrs: one head per rate instead)
+    c.optim.end_lr = 0.0  # final learning rate of the cosine
+    c.optim.warmup_steps = 500  # linear warmup from 0
+    c.optim.b1 = 0.9  # AdamW beta1 (LARS: momentum)
+    c.optim.b2 = 0.999  # AdamW beta2
+    c.optim.eps = 1e-8  # AdamW epsilon
+    c.optim.weight_decay = 0.01  # decoupled weight decay
     c.optim.decay = "kernels"  # weight decay on 'kernels' (Dense kernels, not the query) | 'all'
-    c.optim.clip_norm = 1.0
+    c.optim.clip_norm = 1.0  # global gradient-norm clipping per head (0: off)
 
     if "naraim" in names:
         c.probe.head = "naraim_ref"

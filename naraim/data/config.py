@@ -28,27 +28,27 @@ def default_data_config() -> ml_collections.ConfigDict:
         256  # N: token budget every example is padded to; 0 = (image_size / patch)^2, the square grid
     )
     cfg.transforms = ("native_aspect_ratio_resize", "horizontal_flip")  # training, applied in order
-    cfg.eval_transforms = ("native_aspect_ratio_resize",)
-    cfg.ordering = "raster"
+    cfg.eval_transforms = ("native_aspect_ratio_resize",)  # evaluation and probes' validation, in order
+    cfg.ordering = "raster"  # patch order: 'raster' | 'nested_raster(b)' | 'round_robin(b)' (DARL)
     cfg.num_workers = 0  # grain worker processes (0: decode in the main process)
     cfg.read_threads = 4  # threads per process reading examples (PIL releases the GIL)
     cfg.prefetch_batches = 2  # batches each worker process keeps ready
-    cfg.shuffle = True
-    cfg.train_split = "train"
-    cfg.val_split = "validation"
+    cfg.shuffle = True  # a seeded shuffle of the training split every epoch
+    cfg.train_split = "train"  # the split pre-training (and probe training) reads
+    cfg.val_split = "validation"  # the split evaluation reads
     # random_crop_native / random_resized_crop: area fraction and width/height ranges (NARAIM and AIM).
     cfg.crop_scale = (0.4, 1.0)
-    cfg.crop_ratio = (3 / 4, 4 / 3)
-    cfg.horizontal_flip_prob = 0.5
+    cfg.crop_ratio = (3 / 4, 4 / 3)  # width/height range of the crops (log-uniform)
+    cfg.horizontal_flip_prob = 0.5  # horizontal_flip: probability of a mirror
     # Resampling of every resize: 'box_bilinear' (BOX shrinking, BILINEAR enlarging) | 'bicubic' (the papers')
     cfg.resample = "box_bilinear"
     # native_aspect_ratio_resize: grid 'exact' | 'reference' (the NARAIM code's integer truncation); crop
     # 'center' (the NARAIM code) | 'top_left' (the NARAIM paper's text)
     cfg.native_grid = "exact"
-    cfg.native_crop = "center"
+    cfg.native_crop = "center"  # native_aspect_ratio_resize crop: 'center' / 'top_left'
     # color_jitter transform: torchvision ColorJitter(brightness, contrast, saturation, hue), with probability
     cfg.color_jitter = (0.4, 0.4, 0.2, 0.1)
-    cfg.color_jitter_prob = 0.8
+    cfg.color_jitter_prob = 0.8  # color_jitter: probability that an image is jittered
     # rand_augment transform: timm's rand-m9-mstd0.5 (num_ops 2, each applied with probability prob)
     cfg.rand_augment = ml_collections.ConfigDict(dict(num_ops=2, magnitude=9.0, magnitude_std=0.5, prob=0.5))
     # decode large JPEGs at a reduced DCT scale that keeps the pixels the transforms need (False: full size)
@@ -56,17 +56,17 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.max_pixels = 100_000_000  # larger images are skipped (named in a warning) before decoding
     # folder:PATH without split folders: fraction of each class held out as the validation split.
     cfg.holdout_fraction = 0.1
-    cfg.holdout_seed = 0
+    cfg.holdout_seed = 0  # seeds that held-out validation split
     cfg.tfds_data_dir = ""  # '' -> TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
     cfg.synthetic = ml_collections.ConfigDict()
-    cfg.synthetic.num_classes = 10
+    cfg.synthetic.num_classes = 10  # shape classes of the synthetic images (at most 10)
     # Sides of the generated images in pixels (shorter >= min_side, longer <= max_side); 0 -> relative to
     # image_size: min_side = max(32, 2/7 S), max_side = 10/7 S, i.e. 64..320 px at S = 224.
     cfg.synthetic.min_side = 0
-    cfg.synthetic.max_side = 0
-    cfg.synthetic.train_size = 100_000
-    cfg.synthetic.validation_size = 2_000
-    cfg.synthetic.test_size = 2_000
+    cfg.synthetic.max_side = 0  # longer side of the synthetic images in px (0: relative to image_size)
+    cfg.synthetic.train_size = 100_000  # synthetic training images
+    cfg.synthetic.validation_size = 2_000  # synthetic validation images
+    cfg.synthetic.test_size = 2_000  # synthetic test images
     return cfg
 
 

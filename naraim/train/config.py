@@ -21,16 +21,16 @@ def default_pretrain_config() -> ml_collections.ConfigDict:
     papers' values (docs/reproducing.md)."""
     cfg = ml_collections.ConfigDict()
     cfg.variant = ""  # name of the config file's variant (set by apply_variant)
-    cfg.seed = 0
-    cfg.total_steps = 500_000
+    cfg.seed = 0  # initialisation, data order, prefixes and noise
+    cfg.total_steps = 500_000  # optimiser steps (0: save the initialisation as checkpoint 0)
     cfg.batch_size = 512  # global, over all devices and processes
     cfg.micro_batches = 1  # gradient accumulation: the batch is split into this many micro-batches per step
-    cfg.log_every = 100
-    cfg.eval_every = 10_000
-    cfg.checkpoint_every = 5_000
+    cfg.log_every = 100  # steps between train rows of metrics.jsonl and progress lines
+    cfg.eval_every = 10_000  # steps between validation evaluations (and at the end)
+    cfg.checkpoint_every = 5_000  # steps between checkpoints (and at the end)
     cfg.keep_checkpoints = 3  # the newest ones ...
     cfg.keep_every = 100_000  # ... plus every step divisible by this (0: none)
-    cfg.progress_bar = True
+    cfg.progress_bar = True  # progress on stderr (a bar on a terminal, lines otherwise)
 
     cfg.model = default_model_config()
     cfg.data = default_data_config()
@@ -40,15 +40,15 @@ def default_pretrain_config() -> ml_collections.ConfigDict:
     # 'naraim': warmup, exponential decay to lr * decay_rate at the end, times a linear ramp over the
     # cooldown; 'naraim_ref': the reference code's formula (naraim/train/schedules.py); 'cosine'; 'constant'
     cfg.optim.schedule = "naraim"
-    cfg.optim.lr = 1e-3
-    cfg.optim.warmup_steps = 5_000
+    cfg.optim.lr = 1e-3  # peak learning rate
+    cfg.optim.warmup_steps = 5_000  # linear warmup from 0
     cfg.optim.decay_rate = 0.1  # naraim, naraim_ref: the exponential decays to lr * decay_rate
     cfg.optim.cooldown_steps = 10_000  # naraim, naraim_ref: linear ramp down over the last steps
     cfg.optim.end_lr = 0.0  # cosine: final lr; naraim_ref: floor of the cooldown
-    cfg.optim.b1 = 0.9
-    cfg.optim.b2 = 0.98
-    cfg.optim.eps = 1e-8
-    cfg.optim.weight_decay = 0.01
+    cfg.optim.b1 = 0.9  # AdamW beta1 (LARS: momentum)
+    cfg.optim.b2 = 0.98  # AdamW beta2
+    cfg.optim.eps = 1e-8  # AdamW epsilon
+    cfg.optim.weight_decay = 0.01  # decoupled weight decay (times the learning rate)
     cfg.optim.decay = (
         "kernels"  # weight decay on 'kernels' (Dense kernels outside position embeddings) | 'all'
     )
@@ -62,14 +62,14 @@ def default_pretrain_config() -> ml_collections.ConfigDict:
     cfg.eval = ml_collections.ConfigDict()
     # held-out images for the validation MSE: the first N of data.val_split; -1: all of them; 0: no evaluation
     cfg.eval.num_examples = 1_000
-    cfg.eval.batch_size = 64
-    cfg.eval.num_images = 8  # reconstruction grid
-    cfg.eval.error_map_bins = 16
+    cfg.eval.batch_size = 64  # global evaluation batch
+    cfg.eval.num_images = 8  # images in the reconstructions plot
+    cfg.eval.error_map_bins = 16  # bins of relative sequence position in the error-by-position plot
     cfg.eval.ref_seed = 0  # seeds the random prefixes of the reference validation MSE (mse_ref)
 
     cfg.wandb = ml_collections.ConfigDict()
     cfg.wandb.mode = "offline"  # 'disabled' | 'offline' (into WORKDIR/wandb) | 'online'
-    cfg.wandb.project = "naraim"
+    cfg.wandb.project = "naraim"  # wandb project
     cfg.wandb.name = ""  # '' -> workdir basename
     return cfg
 
