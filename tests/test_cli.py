@@ -2,6 +2,7 @@
 with one line and a non-zero status; misspelt config keys get a suggestion."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -17,7 +18,11 @@ SCRIPTS = {
     "prepare_data.py": ["--max_area"],
     "benchmark_input.py": ["--num_workers"],
     "study.py": ["--budget_minutes"],
+    "make_benchmark_jpegs.py": ["--count"],
+    "stress_workdir.py": ["--kills"],
+    "config_docs.py": ["--check"],
 }
+CLI_DOC = open(os.path.join(ROOT, "docs", "cli.md")).read()
 
 
 def run(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -43,6 +48,18 @@ def test_help_lists_the_flags_and_exits_0(script):
         assert flag in r.stdout, r.stdout
     if script in ("pretrain.py", "probe.py", "benchmark_train.py"):
         assert "config keys" in r.stdout and "batch_size = " in r.stdout
+        flags_part = r.stdout.split("config keys")[0]
+    else:
+        flags_part = r.stdout
+    # docs/cli.md names the script and every flag its --help lists
+    assert f"scripts/{script}" in CLI_DOC
+    listed = {
+        m
+        for m in re.findall(r"--(?:\[no\])?([a-z][a-z_]+)", flags_part)
+        if m not in ("help", "helpfull", "config")
+    }
+    missing = sorted(f for f in listed if f"--{f}" not in CLI_DOC)
+    assert not missing, f"docs/cli.md does not name {missing} of scripts/{script}"
 
 
 @pytest.mark.slow

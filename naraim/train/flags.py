@@ -82,9 +82,17 @@ def _config_path(argv: list[str], flag: str) -> str:
 
 
 def _print_help(
-    argv: list[str], config_flag: flags.FlagHolder, default_config: Callable[[], ConfigDict] | None
+    argv: list[str],
+    config_flag: flags.FlagHolder,
+    default_config: Callable[[], ConfigDict] | None,
+    locked: dict[str, list[str]] | None,
 ):
-    """The script's docstring, its flags, and the config's keys with their values; then exit 0."""
+    """The script's docstring, its flags, and the config's keys with their values (the given config with
+    its overrides, else the defaults); then exit 0. A bad key or value is reported as a run would."""
+    cfg, source = None, ""
+    if _config_path(argv, config_flag.name) and "--helpfull" not in argv:
+        rest = [a for a in argv if a not in HELP_FLAGS]
+        cfg, source = parse_flags(rest, config_flag, default_config, locked), " ".join(rest[1:])
     main = sys.modules["__main__"]
     print((main.__doc__ or "").strip() + "\n")
     if "--helpfull" in argv:
@@ -92,14 +100,6 @@ def _print_help(
         sys.exit(0)
     print("flags:")
     print(flags.FLAGS.module_help(main) or flags.FLAGS.main_module_help())
-    cfg, source = None, ""
-    path = _config_path(argv, config_flag.name)
-    if path:
-        try:
-            flags.FLAGS([argv[0], f"--{config_flag.name}={path}"])
-            cfg, source = config_flag.value, path
-        except Exception:  # help must print even when the config does not load
-            cfg = None
     if cfg is None and default_config is not None:
         cfg, source = default_config(), "the defaults"
     if isinstance(cfg, ConfigDict):
@@ -126,7 +126,7 @@ def parse_flags(
     """
     name = config_flag.name
     if any(arg in HELP_FLAGS for arg in argv[1:]):
-        _print_help(argv, config_flag, default_config)
+        _print_help(argv, config_flag, default_config, locked_sections)
     path = _config_path(argv, name)
     file_part = path.split(":", 1)[0]
     if file_part and not os.path.exists(file_part):
