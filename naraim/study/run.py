@@ -36,7 +36,7 @@ from naraim.workdir import atomic_write, read_json
 
 ARMS = ("naraim", "aim", "random_init")
 PROBES = {"attentive": "small", "knn": "small,knn", "linear": "small,linear"}
-PRETRAIN_SHARE = 0.5  # of the budget, for pre-training; the rest is data preparation and probes
+PRETRAIN_SHARE = 0.6  # of the budget, for pre-training; the rest is data preparation and probes
 
 
 def parse_assignment(text: str) -> tuple[str, object]:
@@ -140,11 +140,11 @@ class Study:
         else:
             seconds = measure_step_seconds(cfg)
             runs = 2 * len(self.seeds)
-            budget_steps = int(PRETRAIN_SHARE * self.budget * 60 / (runs * seconds * 1.2))
+            budget_steps = int(PRETRAIN_SHARE * self.budget * 60 / (runs * seconds * 1.15))
             plan.update(
                 steps=max(1, min(recipe_steps, budget_steps)),
                 step_seconds=seconds,
-                chosen_by=f"min(recipe steps, {PRETRAIN_SHARE} x budget / ({runs} runs x 1.2 x step time))",
+                chosen_by=f"min(recipe steps, {PRETRAIN_SHARE} x budget / ({runs} runs x 1.15 x step time))",
             )
         os.makedirs(self.workdir, exist_ok=True)
         atomic_write(path, json.dumps(plan, indent=2))
