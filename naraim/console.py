@@ -61,8 +61,9 @@ class Progress:
         of = f"/{self.total}" if self.total else ""
         eta = f", ETA {duration((self.total - self.done) / rate)}" if self.total and rate > 0 else ""
         tail = f" {self._postfix}" if self._postfix else ""
+        units = self.unit + ("es" if self.unit.endswith(("s", "ch", "sh", "x")) else "s")
         print(
-            f"{self.desc}: {self.done}{of} {self.unit}s,{tail} elapsed {duration(self.elapsed)}{eta}",
+            f"{self.desc}: {self.done}{of} {units},{tail} elapsed {duration(self.elapsed)}{eta}",
             file=sys.stderr,
             flush=True,
         )
