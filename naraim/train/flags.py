@@ -67,7 +67,7 @@ def _unknown_key(
             f"config key {key!r} may not be overridden here (it comes from the pre-training run); keys that "
             f"may: {allowed}"
         )
-    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
     hint = f"; did you mean {close[0]!r}?" if close else f": check the spelling of --{flag}.{key}"
     return f"unknown config key {key!r}{hint}"
 
