@@ -76,3 +76,23 @@ def test_study_refuses_bad_arguments_in_one_line(tmp_path):
         r = study(tmp_path / "bad", *extra)
         lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
         assert r.returncode == 1 and len(lines) == 1 and needle in lines[0], r.stderr[-1000:]
+
+
+def test_plan_gives_pretraining_what_the_measured_probes_leave(tmp_path, monkeypatch):
+    from naraim.study import run
+
+    monkeypatch.setattr(run, "measure_step_seconds", lambda cfg: 0.5)
+    s = run.Study(
+        "synthetic", str(tmp_path), [1, 2], 10.0, None, "configs/small.py", [], [], "configs/probe.py"
+    )
+    s.start -= 60  # a minute already spent (data preparation, the first random-init arm)
+    arm = tmp_path / "random_init_s1"
+    arm.mkdir(parents=True)
+    arm.joinpath("arm.json").write_text(
+        json.dumps({"probe_attentive_seconds": 40.0, "probe_knn_seconds": 5.0, "probe_linear_seconds": 15.0})
+    )
+    plan = s.plan("synthetic")
+    left = 600 - 60 - 5 * 60.0  # budget - time so far - 5 more arms' probes
+    assert plan["probe_seconds"] == 60.0
+    assert abs(plan["steps"] - run.SAFETY * left / (4 * 0.5 * 1.15)) <= 2
+    assert json.loads((tmp_path / "plan.json").read_text())["steps"] == plan["steps"]

@@ -8,8 +8,8 @@ import io
 import json
 import logging
 import math
+import multiprocessing
 import os
-from multiprocessing import Pool
 
 import ml_collections
 from array_record.python.array_record_module import ArrayRecordWriter
@@ -33,9 +33,18 @@ def shrink_to_area(image: Image.Image, max_area: int) -> Image.Image:
     return image.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BICUBIC, reducing_gap=3.0)
 
 
+_SOURCE = None  # the split's source in a worker process, set once by _set_source
+
+
+def _set_source(source) -> None:
+    global _SOURCE
+    _SOURCE = source
+
+
 def _convert(args: tuple) -> bytes | None:
     """One example -> record bytes (with the original's width / height), or None if it does not decode."""
-    source, index, max_area, quality = args
+    index, max_area, quality = args
+    source = _SOURCE
     name = f"example {index}"
     try:
         raw, label, name, aspect_ratio = source[index]
@@ -78,9 +87,14 @@ def write_arrayrecord(
             classes = list(getattr(source, "classes", None) or [str(i) for i in range(source.num_classes)])
         n = len(source)
         shards = max(1, min(num_shards, n))
-        jobs = ((source, i, max_area, quality) for i in range(n))
+        jobs = ((i, max_area, quality) for i in range(n))
         written = 0
-        with Pool(workers) if workers > 1 else _Serial() as pool:
+        # spawned workers: forking a process that runs JAX's threads can deadlock; the source (a million
+        # paths on ImageNet) goes to each worker once, not with every job
+        _set_source(source)
+        spawn = multiprocessing.get_context("spawn")
+        pool_args = dict(processes=workers, initializer=_set_source, initargs=(source,))
+        with spawn.Pool(**pool_args) if workers > 1 else _Serial() as pool:
             records = pool.imap(_convert, jobs, chunksize=16)
             for s in range(shards):
                 path = os.path.join(out_dir, f"{split}-{s:05d}-of-{shards:05d}.array_record")

@@ -2,7 +2,8 @@
 (attentive sweep, kNN, linear sweep), for every seed; then write DIR/study.json and DIR/report.md.
 
 Layout of DIR: data/ (the source as pre-resized ArrayRecord shards, when it is a folder or a TFDS dataset),
-plan.json (the pre-training steps and how they were chosen: re-runs reuse it), <arm>_s<seed>/ (a
+plan.json (the pre-training steps and how they were chosen: re-runs reuse it; the first seed's random-init
+arm runs first, so its probe time is measured before the plan divides what is left), <arm>_s<seed>/ (a
 pre-training workdir; random_init_s<seed> holds the initialisation as checkpoint 0) with probe_attentive/,
 probe_knn/, probe_linear/ inside and arm.json (wall times). Re-running the same command skips what is done.
 """
@@ -36,7 +37,7 @@ from naraim.workdir import atomic_write, read_json
 
 ARMS = ("naraim", "aim", "random_init")
 PROBES = {"attentive": "small", "knn": "small,knn", "linear": "small,linear"}
-PRETRAIN_SHARE = 0.65  # of the budget, for pre-training; the rest is data preparation and probes
+SAFETY = 0.95  # of the budget left after data preparation and the measured probe time, for pre-training
 
 
 def parse_assignment(text: str) -> tuple[str, object]:
@@ -139,17 +140,29 @@ class Study:
             plan.update(steps=self.steps, chosen_by="--steps")
         else:
             seconds = measure_step_seconds(cfg)
+            probe_seconds = self.probe_seconds(self.seeds[0])
             runs = 2 * len(self.seeds)
-            budget_steps = int(PRETRAIN_SHARE * self.budget * 60 / (runs * seconds * 1.15))
+            arms_left = len(ARMS) * len(self.seeds) - 1
+            left = self.budget * 60 - (time.time() - self.start) - arms_left * probe_seconds
+            budget_steps = int(SAFETY * left / (runs * seconds * 1.15))
             plan.update(
                 steps=max(1, min(recipe_steps, budget_steps)),
                 step_seconds=seconds,
-                chosen_by=f"min(recipe steps, {PRETRAIN_SHARE} x budget / ({runs} runs x 1.15 x step time))",
+                probe_seconds=probe_seconds,
+                chosen_by=(
+                    f"min(recipe steps, {SAFETY} x (budget - time so far - {arms_left} x probe time) / "
+                    f"({runs} runs x 1.15 x step time))"
+                ),
             )
         os.makedirs(self.workdir, exist_ok=True)
         atomic_write(path, json.dumps(plan, indent=2))
         say(f"plan: {plan['steps']} pre-training steps per arm ({plan['chosen_by']}) in {path}")
         return plan
+
+    def probe_seconds(self, seed: int) -> float:
+        """Wall seconds of one arm's probes (all of PROBES), read from the random-init arm's record."""
+        times = read_json(os.path.join(self.workdir, f"random_init_s{seed}", "arm.json"), "the arm's record")
+        return sum(times[f"probe_{probe}_seconds"] for probe in PROBES)
 
     def run_arm(self, arm: str, seed: int, source: str, steps: int) -> None:
         folder = os.path.join(self.workdir, f"{arm}_s{seed}")
@@ -179,6 +192,7 @@ class Study:
     def run(self, commands: list[str]) -> dict:
         os.makedirs(self.workdir, exist_ok=True)
         source = self.prepare_data()
+        self.run_arm("random_init", self.seeds[0], source, 0)
         plan = self.plan(source)
         for seed in self.seeds:
             for arm in ARMS:
