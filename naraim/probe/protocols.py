@@ -73,6 +73,20 @@ def _eval_iterator(cfg: ConfigDict, split: str, indices=None, max_examples=None,
     )
 
 
+def _train_iterator(run: "RunContext", backbone: ViT):
+    """The augmented training batches of the run's training indices (this process's share)."""
+    cfg = run.cfg
+    return make_train_iterator(
+        cfg.data,
+        patch_size=backbone.patch,
+        global_batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        indices=run.train_idx,
+    )
+
+
 def _train_transforms_data(cfg: ConfigDict) -> ConfigDict:
     """The data config whose eval transforms are the training transforms (to visit training images once)."""
     data = cfg.data.copy_and_resolve_references()
@@ -171,15 +185,7 @@ def frozen(run: RunContext, backbone: ViT, backbone_np: dict, classes: int) -> d
         )
         batches = CacheBatches(cache, run.local_batch, cfg.seed)
     else:
-        batches = make_train_iterator(
-            cfg.data,
-            patch_size=backbone.patch,
-            global_batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            indices=run.train_idx,
-        )
+        batches = _train_iterator(run, backbone)
     params, stats = sw.init(backbone_params, dummy_batch(cfg, 1), cfg.seed)
     unit = cfg.optim.copy_and_resolve_references()
     unit.lr = 1.0  # each head's learning rate multiplies its updates
@@ -233,15 +239,7 @@ def make_finetune_optimizer(cfg: ConfigDict, clf: Classifier, params: dict):
 def finetune(run: RunContext, backbone: ViT, backbone_np: dict, classes: int) -> dict:
     cfg, mesh = run.cfg, run.mesh
     clf = make_classifier(cfg, backbone, classes)
-    batches = make_train_iterator(
-        cfg.data,
-        patch_size=backbone.patch,
-        global_batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        indices=run.train_idx,
-    )
+    batches = _train_iterator(run, backbone)
     params, stats = init_params(clf, jax.tree.map(np.asarray, backbone_np), dummy_batch(cfg, 1), cfg.seed)
     optimizer, schedule = make_finetune_optimizer(cfg, clf, params)
     state = jax.device_put(init_state(params, stats, optimizer, cfg.seed), replicated(mesh))
