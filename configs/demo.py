@@ -1,6 +1,7 @@
 """A few-minute CPU demo: a tiny ViT pre-trained on the embedded synthetic images.
 
-naraim   native aspect ratio (64x64-pixel area, patch 8, up to 64 tokens), prefix-causal, normalized pixels
+naraim   native aspect ratio (64x64-pixel area, patch 8, up to 64 tokens), prefix-causal, normalized pixels,
+         AIM's MLP head (2 blocks; with a linear head the last block becomes the pixel decoder)
 aim      the same model on square RandomResizedCrop images
 darl     DARL: SOS token, causal, raster order, 2D RoPE, denoising head trained with the diffusion objective
 darl_mse the same backbone with a linear head and the MSE objective
@@ -19,6 +20,8 @@ def _naraim(cfg):
     cfg.data.max_tokens = 64
     cfg.data.transforms = ("native_aspect_ratio_resize", "horizontal_flip")
     cfg.data.eval_transforms = ("native_aspect_ratio_resize",)
+    cfg.model.head = "mlp"  # AIM's MLP head (2 residual blocks): the last block stays a representation
+    cfg.model.head_depth = 2
 
 
 def _aim(cfg):
@@ -32,6 +35,7 @@ def _darl_mse(cfg):
     cfg.model.posemb = "rope_2d"
     cfg.model.attention = "causal"
     cfg.model.sos_token = True
+    cfg.model.head = "linear"
     cfg.loss.norm_pix = False  # raw pixel targets: completions need no per-patch statistics of the original
 
 
