@@ -122,6 +122,7 @@ def test_padding_content_and_budget_do_not_change_real_outputs(run, mode):
         np.testing.assert_allclose(out[:, :12], ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("posemb", ["fractional", "learned", "rope_1d", "rope_2d"])
 def test_padding_invariance_holds_for_every_posemb(posemb):
     vit = make_backbone(dict(variant=f"Pico/{P}", posemb=posemb))
@@ -135,6 +136,7 @@ def test_padding_invariance_holds_for_every_posemb(posemb):
     np.testing.assert_allclose(encode(b32)[:, :12], encode(b16)[:, :12], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_dot_product_attention_matches_jax_softmax_attention():
     q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 3, 7, 8))  # [B=2, H=3, N=7, Dh=8] each
     mask = attention_mask(jnp.array([7, 4]), 7, "prefix_causal", jnp.array([3, 2]))

@@ -40,6 +40,7 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.strip().splitlines() if not line.startswith("WARNING")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_help_lists_the_flags_and_exits_0(script):
     r = run(script, "--help")
@@ -91,6 +92,7 @@ def test_helpfull_and_a_config_given_to_help():
         ("--config.zzz=1", "unknown config key 'zzz': check the spelling of --config.zzz"),
     ],
 )
+@pytest.mark.slow
 def test_misspelt_keys_get_one_line_with_a_suggestion(override, expected):
     r = run("pretrain.py", "--config=configs/demo.py", "--workdir=/tmp/naraim_unused", override)
     assert r.returncode == 1

@@ -107,6 +107,7 @@ def run_pretrain(*args):
     )
 
 
+@pytest.mark.slow
 def test_cli_unknown_key_and_bad_value_end_with_one_line(tmp_path):
     r = run_pretrain(
         "--config", "configs/demo.py:naraim", "--workdir", str(tmp_path), "--config.optim.learning_rate=1"

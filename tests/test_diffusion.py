@@ -54,6 +54,7 @@ def test_corrupt_targets_draws_one_level_per_patch():
     np.testing.assert_allclose(rebuilt, no_gamma["noisy"], atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm_pix", [False, True])
 def test_no_noise_reduces_to_mse_objective(monkeypatch, norm_pix):
     """With g = 1 the decoder sees the clean MSE target and is scored against it exactly like the MSE loss."""
@@ -136,6 +137,7 @@ def demo_darl_config(**overrides):
     return cfg
 
 
+@pytest.mark.slow
 def test_diffusion_loss_decreases_on_tiny_demo():
     """The demo's DARL recipe, with gradient accumulation and a round-robin ordering on top."""
     cfg = demo_darl_config(micro_batches=2)

@@ -110,6 +110,7 @@ def workdir():
     return pretrain_workdir("naraim")
 
 
+@pytest.mark.slow
 def test_finetune_trains_the_whole_network_end_to_end(workdir, tmp_path):
     cfg = tiny_probe_config(workdir, "finetune")
     cfg.finetune.mixup_alpha = 0.8
@@ -124,6 +125,7 @@ def test_finetune_trains_the_whole_network_end_to_end(workdir, tmp_path):
     assert saved["protocol"] == "finetune" and saved["attention"] == "bidirectional"
 
 
+@pytest.mark.slow
 def test_linear_probe_end_to_end(workdir, tmp_path):
     cfg = tiny_probe_config(workdir, "linear")
     results = run_probe(cfg, str(tmp_path))

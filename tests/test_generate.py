@@ -66,6 +66,7 @@ def setup(objective, attention="causal", sos=True):
     "objective,attention,sos",
     [("mse", "causal", False), ("mse", "prefix_causal", False), ("diffusion", "causal", True)],
 )
+@pytest.mark.slow
 def test_completion_deterministic_prefix_unchanged_no_peeking(objective, attention, sos):
     complete, params, data = setup(objective, attention, sos)
     prefix = jnp.asarray(prefix_lengths(np.asarray(data["length"]), 0.5))
@@ -110,6 +111,7 @@ def test_completion_grid_png(tmp_path):
     assert path.stat().st_size > 1000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["naraim", "darl"])
 def test_generate_from_a_saved_run_writes_the_grid(tmp_path, variant):
     """The script's path: a checkpointed tiny pre-training (MSE or diffusion) -> completions PNG."""

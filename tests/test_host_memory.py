@@ -56,6 +56,7 @@ SCRIPTS = sorted(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_scripts_leave_the_backend_to_run_main(script):
     """Importing a script starts no JAX backend, so run_main's allocator setting comes first."""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,6 +54,7 @@ print("RESULT" + json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_data_parallel_fsdp_and_accumulation_match_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     r = subprocess.run(
@@ -89,6 +91,7 @@ def train_losses(workdir) -> list[float]:
     return [x["loss"] for x in lines if x["split"] == "train"]
 
 
+@pytest.mark.slow
 def test_two_processes_on_loopback_match_one_process(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     cmd = [sys.executable, "scripts/pretrain.py", *ARGS]

@@ -98,6 +98,7 @@ def _batch(b=2, n=8, k=12):
     )
 
 
+@pytest.mark.slow
 def test_float32_residual_stream_under_bfloat16_compute():
     """model.residual_dtype='float32': the embedding sum, every residual add and `encoded` are float32 while
     the matmuls run in bfloat16 (the NARAIM reference: its float32 position table promotes the stream)."""
@@ -237,6 +238,7 @@ def test_aim_flags_change_the_architecture():
     assert 0 < np.abs(np.asarray(out_exact - out_tanh)).max() < 0.05
 
 
+@pytest.mark.slow
 def test_xavier_init_bounds_follow_the_fused_qkv_matrix():
     model = make_model(dict(variant="S/16", weight_init="xavier"))
     b = dict(

@@ -154,6 +154,7 @@ def test_batch_not_divisible_by_processes_is_a_user_error():
         _train(_cfg(), batch=5, process_index=0, process_count=2)
 
 
+@pytest.mark.slow
 def test_eval_with_worker_processes_gives_the_same_full_batches():
     cfg = _cfg()
     cfg.synthetic.validation_size = 11

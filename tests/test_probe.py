@@ -173,6 +173,7 @@ def _setup(workdir, variants="", **overrides):
     return cfg, sw, bp, sweep.init_state(params, stats, optimizer, cfg.seed), optimizer, schedule
 
 
+@pytest.mark.slow
 def test_frozen_backbone_is_bit_identical_and_outside_the_optimizer(workdir):
     cfg, sw, backbone, state, optimizer, schedule = _setup(workdir)
     before = jax.tree.map(np.array, backbone)
@@ -203,6 +204,7 @@ def _pad(batch, extra, rng):
     return {**batch, **out}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variants", ["", "linear", "naraim", "finetune"])
 def test_padding_never_influences_logits(workdir, variants):
     batch = None
@@ -252,6 +254,7 @@ def test_cached_step_equals_uncached_step(workdir):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_sweep_heads_equal_separate_single_head_runs(workdir, tmp_path):
     """Every (block, lr) head of one sweep ends where a single-head run with those features and that lr
     ends (same seed, cached features): one forward feeds heads that never interact."""
@@ -336,6 +339,7 @@ def _metrics(path):
     return [json.loads(line) for line in open(os.path.join(path, "metrics.jsonl"))]
 
 
+@pytest.mark.slow
 def test_cached_run_matches_uncached_run_and_writes_outputs(workdir, tmp_path):
     """With deterministic transforms and one batch = the whole training set (48 images) every step sees the
     same examples, cached or not, so both runs must end with the same losses and predictions."""

@@ -42,6 +42,7 @@ def features():
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_map_mlp", [False, True])
 def test_probe_logits_ignore_padding_content_and_budget(features, use_map_mlp):
     head = ProbeHead(num_classes=5, num_heads=4, use_map_mlp=use_map_mlp)

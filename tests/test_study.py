@@ -67,6 +67,7 @@ def test_study_end_to_end_writes_the_schema_and_skips_finished_arms(tmp_path):
     assert json.loads((tmp_path / "study.json").read_text())["arms"] == s["arms"]
 
 
+@pytest.mark.slow
 def test_study_refuses_bad_arguments_in_one_line(tmp_path):
     for extra, needle in (
         (["--seeds=x"], "--seeds"),

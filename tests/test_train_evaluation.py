@@ -25,6 +25,7 @@ def demo_config(variant: str):
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["naraim", "aim"])
 def test_validation_mse_and_plots(tmp_path, variant):
     cfg = demo_config(variant)

@@ -4,11 +4,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from naraim.train.checkpoint import restore_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     args = [
         "--config=configs/demo.py:naraim",

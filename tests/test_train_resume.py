@@ -9,6 +9,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from naraim.train.checkpoint import restore_params
 
@@ -40,6 +41,7 @@ def saved_steps(workdir):
     return [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
 
 
+@pytest.mark.slow
 def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     subprocess.run(command(reference), check=True, cwd=ROOT, capture_output=True, timeout=300)

@@ -54,6 +54,7 @@ def test_a_second_run_on_a_locked_workdir_is_one_line(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_keys_and_records_allowed_changes(tmp_path):
     train(tiny(4), str(tmp_path))
     for key, value, shown in (
@@ -75,6 +76,7 @@ def test_resume_refuses_changed_keys_and_records_allowed_changes(tmp_path):
     assert json.loads(open(tmp_path / "config_history.jsonl").read().splitlines()[-1])["forced"]
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_falls_back_to_the_intact_one(tmp_path, capsys):
     train(tiny(4), str(tmp_path))
     newest = tmp_path / "checkpoints" / "4" / "state"
@@ -89,6 +91,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_intact_one(tmp_path, caps
     assert steps == [1, 2, 3, 4, 5, 6]  # rows after step 2 were replaced, each step once
 
 
+@pytest.mark.slow
 def test_metrics_survive_garbage_and_a_lost_evaluation_is_run_on_resume(tmp_path, capsys):
     train(tiny(4), str(tmp_path))
     path = tmp_path / "metrics.jsonl"
@@ -105,6 +108,7 @@ def test_metrics_survive_garbage_and_a_lost_evaluation_is_run_on_resume(tmp_path
     assert all(isinstance(r["step"], int) for r in rows)
 
 
+@pytest.mark.slow
 def test_tokens_per_sec_counts_real_tokens(tmp_path):
     train(tiny(2), str(tmp_path))
     row = next(r for r in records(tmp_path) if r["split"] == "train")
@@ -158,6 +162,7 @@ def test_probe_reruns_resume_and_never_mix(tmp_path, capsys):
         run_probe(other, str(tmp_path / "p"))
 
 
+@pytest.mark.slow
 def test_a_killed_probe_resumes_from_its_checkpoint(tmp_path):
     workdir = pretrain_workdir("naraim")
     cfg = tiny_probe_config(workdir)
