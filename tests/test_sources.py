@@ -180,7 +180,7 @@ def test_arrayrecord_records_round_trip():
         decode_record(b"\x01\x02\x03")
 
 
-def test_prepare_data_writes_pre_resized_shards_the_pipeline_reads(tmp_path):
+def test_prepare_data_writes_pre_resized_shards_the_pipeline_reads(tmp_path, capsys):
     root = tmp_path / "imgs"
     for split, n in (("train", 6), ("validation", 3)):
         for c in ("x", "y"):
@@ -190,9 +190,10 @@ def test_prepare_data_writes_pre_resized_shards_the_pipeline_reads(tmp_path):
     (root / "train" / "x" / "bad.jpg").write_bytes(b"junk")
     out = tmp_path / "ar"
     counts = write_arrayrecord(
-        f"folder:{root}", ["train", "validation"], str(out), num_shards=2, max_area=20000
+        f"folder:{root}", ["train", "validation"], str(out), num_shards=2, max_area=20000, workers=2
     )
     assert counts == {"train": 12, "validation": 6}
+    assert "preparing train: 13/13 images" in capsys.readouterr().err  # the bad file is counted as done
     cfg = _cfg(f"arrayrecord:{out}/{{split}}-*.array_record", image_size=56, max_tokens=16)
     src = open_source(cfg, "train")
     assert len(src) == 12 and src.num_classes == 2

@@ -15,6 +15,7 @@ import ml_collections
 from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
+from naraim.console import progress
 from naraim.data.config import default_data_config
 from naraim.data.decode import decode_image, oriented_size
 from naraim.data.sources import open_source
@@ -72,10 +73,12 @@ def write_arrayrecord(
     quality: int = 90,
     workers: int = 1,
     data_cfg: ml_collections.ConfigDict | None = None,
+    progress_bar: bool = True,
 ) -> dict[str, int]:
     """Writes OUT_DIR/<split>-0000i-of-0000n.array_record and OUT_DIR/dataset.json; returns counts per split.
 
     source_spec: 'folder:PATH' or 'tfds:NAME' (or 'synthetic'); max_area 0 keeps the original bytes.
+    Progress (images done, elapsed, ETA) goes to stderr, off a terminal at most every 10 s.
     """
     cfg = data_cfg.copy_and_resolve_references() if data_cfg is not None else default_data_config()
     cfg.source = source_spec
@@ -94,17 +97,20 @@ def write_arrayrecord(
         _set_source(source)
         spawn = multiprocessing.get_context("spawn")
         pool_args = dict(processes=workers, initializer=_set_source, initargs=(source,))
+        bar = progress(n, f"preparing {split}", "image", enabled=progress_bar, min_interval=10.0)
         with spawn.Pool(**pool_args) if workers > 1 else _Serial() as pool:
             records = pool.imap(_convert, jobs, chunksize=16)
             for s in range(shards):
                 path = os.path.join(out_dir, f"{split}-{s:05d}-of-{shards:05d}.array_record")
                 writer = ArrayRecordWriter(path, "group_size:1")
-                for _ in range(s * n // shards, (s + 1) * n // shards):
+                for i in range(s * n // shards, (s + 1) * n // shards):
                     record = next(records)
                     if record is not None:
                         writer.write(record)
                         written += 1
+                    bar.update(i + 1)
                 writer.close()
+        bar.close()
         if written == 0:
             raise UserError(f"split {split!r} of {source_spec!r} holds no usable image; check the source")
         counts[split] = written
