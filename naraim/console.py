@@ -2,7 +2,8 @@
 
 Progress shows elapsed time and an ETA from the average rate since it started: created after compilation,
 that is the run's own throughput. On a terminal it is a tqdm bar; off one (a log file, CI) it prints a
-plain line per update, at most every `min_interval` seconds.
+plain line per update, at most every `min_interval` seconds (the first after `min_interval`), and the last
+state on close.
 """
 
 import sys
@@ -28,7 +29,9 @@ class Progress:
         self.total, self.desc, self.unit = total, desc, unit
         self.enabled = enabled and jax.process_index() == 0
         self.start_done, self.done, self.start = initial, initial, time.time()
-        self.min_interval, self._printed, self._postfix, self._pending = min_interval, 0.0, "", False
+        # off a terminal the first line waits min_interval too: a rate from the first unit alone (start-up
+        # included) gives a wild ETA
+        self.min_interval, self._printed, self._postfix, self._pending = min_interval, self.start, "", False
         self._bar = None
         if self.enabled and sys.stderr.isatty():
             self._bar = tqdm(
@@ -72,12 +75,7 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        elif (
-            self.enabled
-            and self._printed
-            and self._printed < time.time() - 1e-3
-            and self.done != self.start_done
-        ):
+        elif self.enabled and self._pending:
             self._print()
         self.enabled = False
 
