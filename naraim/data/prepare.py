@@ -96,9 +96,8 @@ def write_arrayrecord(
         # paths on ImageNet) goes to each worker once, not with every job
         _set_source(source)
         spawn = multiprocessing.get_context("spawn")
-        pool_args = dict(processes=workers, initializer=_set_source, initargs=(source,))
         bar = progress(n, f"preparing {split}", "image", enabled=progress_bar, min_interval=10.0)
-        with spawn.Pool(**pool_args) if workers > 1 else _Serial() as pool:
+        with spawn.Pool(workers, _set_source, (source,)) if workers > 1 else _Serial() as pool:
             records = pool.imap(_convert, jobs, chunksize=16)
             for s in range(shards):
                 path = os.path.join(out_dir, f"{split}-{s:05d}-of-{shards:05d}.array_record")
