@@ -73,7 +73,6 @@ def write_arrayrecord(
     quality: int = 90,
     workers: int = 1,
     data_cfg: ml_collections.ConfigDict | None = None,
-    progress_bar: bool = True,
 ) -> dict[str, int]:
     """Writes OUT_DIR/<split>-0000i-of-0000n.array_record and OUT_DIR/dataset.json; returns counts per split.
 
@@ -96,7 +95,7 @@ def write_arrayrecord(
         # paths on ImageNet) goes to each worker once, not with every job
         _set_source(source)
         spawn = multiprocessing.get_context("spawn")
-        bar = progress(n, f"preparing {split}", "image", enabled=progress_bar, min_interval=10.0)
+        bar = progress(n, f"preparing {split}", "image", min_interval=10.0)
         with spawn.Pool(workers, _set_source, (source,)) if workers > 1 else _Serial() as pool:
             records = pool.imap(_convert, jobs, chunksize=16)
             for s in range(shards):

@@ -73,20 +73,6 @@ def _eval_iterator(cfg: ConfigDict, split: str, indices=None, max_examples=None,
     )
 
 
-def _train_iterator(run: "RunContext", backbone: ViT):
-    """The augmented training batches of the run's training indices (this process's share)."""
-    cfg = run.cfg
-    return make_train_iterator(
-        cfg.data,
-        patch_size=backbone.patch,
-        global_batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        indices=run.train_idx,
-    )
-
-
 def _train_transforms_data(cfg: ConfigDict) -> ConfigDict:
     """The data config whose eval transforms are the training transforms (to visit training images once)."""
     data = cfg.data.copy_and_resolve_references()
@@ -141,6 +127,19 @@ class RunContext:
     def eval_batches(self, split: str, indices=None, max_examples=None, data_cfg=None):
         return _eval_iterator(self.cfg, split, indices, max_examples, data_cfg)
 
+    def train_batches(self):
+        """Endless augmented batches of the training indices (this process's share)."""
+        cfg = self.cfg
+        return make_train_iterator(
+            cfg.data,
+            patch_size=get_size(cfg.model.variant)["patch"],
+            global_batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            indices=self.train_idx,
+        )
+
     def finish(self, results: dict, value_name: str = "lr") -> dict:
         """Logs, writes results.json and the plots; returns the results."""
         self.logger.write(
@@ -185,7 +184,7 @@ def frozen(run: RunContext, backbone: ViT, backbone_np: dict, classes: int) -> d
         )
         batches = CacheBatches(cache, run.local_batch, cfg.seed)
     else:
-        batches = _train_iterator(run, backbone)
+        batches = run.train_batches()
     params, stats = sw.init(backbone_params, dummy_batch(cfg, 1), cfg.seed)
     unit = cfg.optim.copy_and_resolve_references()
     unit.lr = 1.0  # each head's learning rate multiplies its updates
@@ -239,7 +238,7 @@ def make_finetune_optimizer(cfg: ConfigDict, clf: Classifier, params: dict):
 def finetune(run: RunContext, backbone: ViT, backbone_np: dict, classes: int) -> dict:
     cfg, mesh = run.cfg, run.mesh
     clf = make_classifier(cfg, backbone, classes)
-    batches = _train_iterator(run, backbone)
+    batches = run.train_batches()
     params, stats = init_params(clf, jax.tree.map(np.asarray, backbone_np), dummy_batch(cfg, 1), cfg.seed)
     optimizer, schedule = make_finetune_optimizer(cfg, clf, params)
     state = jax.device_put(init_state(params, stats, optimizer, cfg.seed), replicated(mesh))
