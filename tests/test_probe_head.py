@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from naraim.errors import UserError
-from naraim.model.probe_head import MaskedBatchNorm, ProbeHead, ReferenceProbeHead
+from naraim.model.probe_head import MaskedBatchNorm, ProbeHead, ReferenceProbeHead, single_query_attention
 from naraim.model.vit import make_backbone
 from naraim.probe import features as F
 
@@ -83,6 +83,21 @@ def test_masked_batchnorm_uses_real_tokens_only():
     y_eval = bn.apply(stats, x, mask, False)
     expected = (x - 0.5 * real.mean(0)) / np.sqrt(0.5 + 0.5 * real.var(0) + 1e-6)
     np.testing.assert_allclose(np.asarray(y_eval)[mask], expected[mask], rtol=1e-4)
+
+
+def test_single_query_attention_equals_attention_over_projected_tokens():
+    rng = np.random.default_rng(0)
+    batch, tokens, dim, heads, head_dim = 3, 7, 8, 2, 4
+    x = jnp.asarray(rng.normal(size=(batch, tokens, dim)), jnp.float32)
+    mask = np.arange(tokens)[None] < np.array([7, 3, 1])[:, None]
+    query = jnp.asarray(rng.normal(size=(heads, head_dim)), jnp.float32)
+    w_key, w_value = (jnp.asarray(rng.normal(size=(dim, heads, head_dim)), jnp.float32) for _ in range(2))
+    keys, values = jnp.einsum("bnd,dhk->bnhk", x, w_key), jnp.einsum("bnd,dhk->bnhk", x, w_value)
+    q = jnp.broadcast_to(query[None, None], (batch, 1, heads, head_dim))
+    expected = jax.nn.dot_product_attention(q, keys, values, mask=mask[:, None, None, :])[:, 0]
+    got = single_query_attention(x, mask, query, w_key, w_value)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(got[2], np.asarray(values[2, 0]), atol=1e-5)  # one real token: its value
 
 
 def test_probe_has_no_qkv_bias_and_one_query():

@@ -2,7 +2,8 @@
 
 ProbeHead (AIM's, ml-aim): MaskedBatchNorm (no scale, no bias; statistics over real tokens only) -> one
 learned query attending to the tokens (multi-head, the query used directly, keys/values without bias,
-padding keys masked) -> [optional MAP: x + MLP(LN(x))] -> linear classifier.
+padding keys masked) -> [optional MAP: x + MLP(LN(x))] -> linear classifier. With one query the key and
+value projections are applied to [heads, D] vectors instead of every token (the same function).
 ReferenceProbeHead (the NARAIM reference code's): no BatchNorm; one learned query through flax's
 MultiHeadDotProductAttention (q/k/v/out projections with biases; padding keys masked) -> linear classifier.
 """
@@ -49,6 +50,40 @@ class MaskedBatchNorm(nn.Module):
         return (x - mean) * jax.lax.rsqrt(var + self.epsilon)
 
 
+class DenseKernel(nn.Module):
+    """The kernel [D, heads, head_dim] of a bias-free nn.DenseGeneral of that shape (same name, LeCun normal
+    initialisation over the flattened [D, heads * head_dim]), returned rather than applied."""
+
+    shape: tuple[int, int, int]
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        dim, heads, head_dim = self.shape
+
+        def init(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+            return nn.initializers.lecun_normal()(rng, (dim, heads * head_dim)).reshape(shape)
+
+        return self.param("kernel", init, self.shape)
+
+
+def single_query_attention(
+    x: jax.Array, mask: jax.Array, query: jax.Array, w_key: jax.Array, w_value: jax.Array
+) -> jax.Array:
+    """Multi-head attention of one query over the tokens: x [B,N,D], mask bool [B,N], query [H,K], key and
+    value kernels [D,H,K] -> float32 [B,H,K].
+
+    Equal to softmax(q . (x W_k) / sqrt(K)) (x W_v), computed as softmax(x . (W_k q) / sqrt(K)) x, then W_v:
+    O(N D H) per example instead of the O(N D^2) of projecting every token.
+    """
+    head_dim = query.shape[-1]
+    key_query = jnp.einsum("dhk,hk->hd", w_key, query) / jnp.sqrt(jnp.float32(head_dim))
+    logits = jnp.einsum("bnd,hd->bhn", x, key_query)
+    logits = jnp.where(mask[:, None, :], logits, jnp.finfo(logits.dtype).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    pooled = jnp.einsum("bhn,bnd->bhd", weights, x)
+    return jnp.einsum("bhd,dhk->bhk", pooled, w_value)
+
+
 class ProbeHead(nn.Module):
     """Attentive probe: features [B,N,D], length [B] -> logits float32 [B, num_classes].
 
@@ -69,12 +104,9 @@ class ProbeHead(nn.Module):
         mask = real_token_mask(length, num_tokens)
         x = MaskedBatchNorm(name="bn")(features, mask, train)
         query = self.param("query", nn.initializers.normal(0.02), (dim,))
-        q = jnp.broadcast_to(
-            query.reshape(1, 1, self.num_heads, head_dim), (batch, 1, self.num_heads, head_dim)
-        )
-        k = nn.DenseGeneral((self.num_heads, head_dim), use_bias=False, name="key")(x)
-        v = nn.DenseGeneral((self.num_heads, head_dim), use_bias=False, name="value")(x)
-        pooled = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
+        w_key = DenseKernel((dim, self.num_heads, head_dim), name="key")()
+        w_value = DenseKernel((dim, self.num_heads, head_dim), name="value")()
+        pooled = single_query_attention(x, mask, query.reshape(self.num_heads, head_dim), w_key, w_value)
         pooled = pooled.reshape(batch, dim)
         if self.use_map_mlp:
             y = nn.LayerNorm(epsilon=1e-6, name="map_norm")(pooled)
