@@ -1,5 +1,6 @@
 """Attentive probe: loading only the backbone, frozen backbone, padding invariance, caching, outputs."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -236,8 +237,9 @@ def test_padding_never_influences_logits(workdir, variants):
             np.testing.assert_allclose(logits(_pad(batch, extra, rng), train), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_cached_step_equals_uncached_step(workdir):
-    cfg, sw, backbone, state, optimizer, schedule = _setup(workdir)
+@pytest.mark.parametrize("variants", ["", "linear"])
+def test_cached_step_equals_uncached_step(workdir, variants):
+    cfg, sw, backbone, state, optimizer, schedule = _setup(workdir, variants)
     batch = _batch(cfg)
     uncached = sweep.make_train_step(sw, optimizer, schedule, cached=False)
     cached = sweep.make_train_step(sw, optimizer, schedule, cached=True)
@@ -252,6 +254,32 @@ def test_cached_step_equals_uncached_step(workdir):
     np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s2["params"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_linear_probe_caches_pooled_features_and_reads_the_mean_of_the_real_tokens(workdir):
+    """The linear sweep's stack is [B, nb, D], the mean over real tokens of the tokens' stack [B, nb, N, D];
+    its logits are BatchNorm + Dense on that mean (the mean of the last blocks included)."""
+    cfg, sw, backbone, state, _, _ = _setup(
+        workdir, "linear", **{"probe.blocks": "all,mean", "probe.minival_fraction": 0.1}
+    )
+    tokens_sw = dataclasses.replace(sw, pooled=False)
+    batch = _batch(cfg)
+    tokens = np.asarray(tokens_sw.block_stack(backbone, batch))  # [B, nb, N, D]
+    pooled = np.asarray(sw.block_stack(backbone, batch))
+    real = np.arange(tokens.shape[2])[None, :] < np.asarray(batch["length"])[:, None]
+    expected = (tokens * real[:, None, :, None]).sum(2) / real.sum(1)[:, None, None]
+    assert pooled.shape == tokens.shape[:2] + tokens.shape[3:]
+    np.testing.assert_allclose(pooled, expected, rtol=1e-5, atol=1e-6)
+
+    feats = np.asarray(tokens_sw.features(tokens))  # [F, B, N, D]
+    means = (feats * real[None, :, :, None]).sum(2) / real.sum(1)[None, :, None]  # [F, B, D]
+    head_vars = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    logits, _ = sw.logits(head_vars, sw.features(pooled), batch["length"], train=False)
+    kernel, bias = state["params"]["classifier"]["kernel"], state["params"]["classifier"]["bias"]
+    stats = state["batch_stats"]["bn"]
+    normed = (means[:, None] - stats["mean"][:, :, None]) / np.sqrt(stats["var"][:, :, None] + 1e-6)
+    expected_logits = np.einsum("flbd,fldc->flbc", normed, kernel) + bias[:, :, None]
+    np.testing.assert_allclose(logits, expected_logits, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow

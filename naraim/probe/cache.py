@@ -2,8 +2,9 @@
 training example, computed once.
 
 Only valid when the training transforms have no randomness (every epoch would see the same inputs); the
-heads then train on shuffled batches of the cache. Memory: examples x blocks x max_tokens x width x 4 bytes
-on the host (e.g. 3,000 x 7 x 64 x 192 floats = 1 GB).
+heads then train on shuffled batches of the cache. Memory on the host: examples x blocks x max_tokens x
+width x 4 bytes for the attentive probe (e.g. 3,000 x 7 x 64 x 192 floats = 1 GB), examples x blocks x
+width x 4 bytes for the linear probe and kNN, which read mean-pooled features (16 MB).
 """
 
 from collections.abc import Callable, Iterator
@@ -23,9 +24,9 @@ def compute_cache(
     """{'features' float32 [M, ...], 'length' int32 [M], 'label' int32 [M], 'aspect_ratio' [M]} of this
     process's M valid examples, in the iterator's order.
 
-    features_fn(backbone_params, batch) -> [B, ...] (jitted; the sweep's block stack [B, nb, N, D], kNN's
-    pooled features [B, F, D]); eval_batches: an eval iterator (each example once, padding examples with
-    valid False, dropped here); progress(done_batches) is called per batch.
+    features_fn(backbone_params, batch) -> [B, ...] (jitted; the sweep's block stack [B, nb, N, D] or
+    [B, nb, D], kNN's pooled features [B, F, D]); eval_batches: an eval iterator (each example once,
+    padding examples with valid False, dropped here); progress(done_batches) is called per batch.
     """
     parts: dict[str, list[np.ndarray]] = {k: [] for k in CACHE_KEYS}
     for i, local in enumerate(eval_batches):

@@ -2,7 +2,8 @@
 
 A spec is a block index (the block's output, before the final LayerNorm) or MEAN (the mean of the last
 `last_k` blocks' outputs, AIM's default input). The backbone is run once per batch; the blocks the specs
-need are stacked into [B, nb, N, D] (what the feature cache stores), and each spec is read off that stack.
+need are stacked into [B, nb, N, D] (what the attentive probe's feature cache stores), or mean-pooled over
+the real tokens into [B, nb, D] (the linear probe's and kNN's), and each spec is read off that stack.
 """
 
 import jax
@@ -60,10 +61,18 @@ def block_stack(intermediates: dict[str, jax.Array], blocks: tuple[int, ...]) ->
     return jnp.stack([intermediates[f"block_{i}"].astype(jnp.float32) for i in blocks], axis=1)
 
 
+def mean_pool(stack: jax.Array, length: jax.Array) -> jax.Array:
+    """stack [B, nb, N, D] (block outputs), length [B] -> float32 [B, nb, D]: the mean over real tokens."""
+    real = (jnp.arange(stack.shape[2])[None, :] < length[:, None]).astype(jnp.float32)
+    pooled = jnp.einsum("bknd,bn->bkd", stack.astype(jnp.float32), real)
+    return pooled / jnp.maximum(real.sum(-1), 1.0)[:, None, None]
+
+
 def spec_features(
     stack: jax.Array, specs: tuple[int | str, ...], blocks: tuple[int, ...], depth: int, last_k: int
 ) -> jax.Array:
-    """[F, B, N, D]: each spec's features read off a block stack [B, nb, N, D] of `blocks`."""
+    """[F, B, ...]: each spec's features read off a block stack [B, nb, ...] of `blocks` (tokens [N, D] or
+    mean-pooled [D]: the mean over blocks commutes with the mean over tokens)."""
     out = []
     for spec in specs:
         if spec == MEAN:

@@ -14,13 +14,6 @@ import numpy as np
 from naraim.probe.accuracy import topk_correct
 
 
-def mean_pool(stack: jax.Array, length: jax.Array) -> jax.Array:
-    """stack [B, nb, N, D] (block outputs), length [B] -> float32 [B, nb, D]: the mean over real tokens."""
-    real = (jnp.arange(stack.shape[2])[None, :] < length[:, None]).astype(jnp.float32)
-    pooled = jnp.einsum("bknd,bn->bkd", stack.astype(jnp.float32), real)
-    return pooled / jnp.maximum(real.sum(-1), 1.0)[:, None, None]
-
-
 def normalise(x: jax.Array) -> jax.Array:
     """x [..., D] scaled to unit L2 norm along the last axis."""
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

@@ -50,6 +50,7 @@ def make_sweep(cfg: ConfigDict, backbone: ViT, classes: int) -> sweep.Sweep:
         specs=F.parse_blocks(cfg.probe.blocks, backbone.depth),
         lrs=tuple(float(lr) for lr in cfg.probe.lrs) or (float(cfg.optim.lr),),
         last_k=int(cfg.probe.last_k),
+        pooled=cfg.protocol == "linear",
     )
 
 
@@ -278,7 +279,7 @@ def knn_protocol(run: RunContext, backbone: ViT, backbone_np: dict, classes: int
 
     def embed(bp, batch):
         _, inter = backbone.apply({"params": bp}, *(batch[k] for k in MODEL_INPUTS), attention=cfg.attention)
-        pooled = knn.mean_pool(F.block_stack(inter, blocks), batch["length"])  # [B, nb, D]
+        pooled = F.mean_pool(F.block_stack(inter, blocks), batch["length"])  # [B, nb, D]
         feats = F.spec_features(pooled, specs, blocks, backbone.depth, cfg.probe.last_k)  # [F, B, D]
         return jnp.moveaxis(knn.normalise(feats), 0, 1)  # [B, F, D]
 

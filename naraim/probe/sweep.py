@@ -27,7 +27,10 @@ from naraim.probe.accuracy import topk_correct
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-    """backbone (frozen) -> block stack -> F feature specs -> F x L heads -> logits [F, L, B, C]."""
+    """backbone (frozen) -> block stack -> F feature specs -> F x L heads -> logits [F, L, B, C].
+
+    pooled: the stack is mean-pooled over the real tokens ([B, nb, D], for heads on pooled features such as
+    the linear probe) instead of the tokens themselves ([B, nb, N, D], for the attentive head)."""
 
     backbone: ViT
     head: nn.Module
@@ -35,6 +38,7 @@ class Sweep:
     specs: tuple[int | str, ...]
     lrs: tuple[float, ...]
     last_k: int
+    pooled: bool = False
 
     @property
     def blocks(self) -> tuple[int, ...]:
@@ -45,14 +49,16 @@ class Sweep:
         return len(self.specs), len(self.lrs)
 
     def block_stack(self, backbone_params: dict, batch: dict) -> jax.Array:
-        """float32 [B, nb, N, D] of the blocks the specs read (what the feature cache stores)."""
+        """float32 [B, nb, N, D] (pooled: [B, nb, D]) of the blocks the specs read (what the feature cache
+        stores)."""
         _, inter = self.backbone.apply(
             {"params": backbone_params}, *(batch[k] for k in MODEL_INPUTS), attention=self.attention
         )
-        return jax.lax.stop_gradient(F.block_stack(inter, self.blocks))
+        stack = F.block_stack(inter, self.blocks)
+        return jax.lax.stop_gradient(F.mean_pool(stack, batch["length"]) if self.pooled else stack)
 
     def features(self, stack: jax.Array) -> jax.Array:
-        """[F, B, N, D] from a block stack [B, nb, N, D]."""
+        """[F, B, N, D] from a block stack [B, nb, N, D] (pooled: [F, B, D] from [B, nb, D])."""
         return F.spec_features(stack, self.specs, self.blocks, self.backbone.depth, self.last_k)
 
     def logits(self, head_vars: dict, feats: jax.Array, length: jax.Array, train: bool):
@@ -104,7 +110,7 @@ def make_train_step(
     """Returns jitted step(state, backbone_params, batch) -> (state, metrics), the state donated.
 
     optimizer / schedule: with a unit peak learning rate (each head's lr multiplies its updates). cached:
-    batch = {'features' [B, nb, N, D] (the block stack), 'length', 'label'} from the feature cache; else the
+    batch = {'features' (the block stack), 'length', 'label'} from the feature cache; else the
     batch contract. label_smoothing: of the one-hot targets.
     metrics: 'loss' and 'accuracy' [F, L] per head, 'grad_norm' [F, L], 'lr' (of lrs[0]).
     """
