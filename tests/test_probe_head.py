@@ -73,31 +73,35 @@ def test_masked_batchnorm_uses_real_tokens_only():
     mask = np.arange(5)[None] < np.asarray(length)[:, None]
     bn = MaskedBatchNorm(momentum=0.5)
     variables = bn.init(jax.random.key(0), x, mask, True)
-    y, stats = bn.apply(variables, x, mask, True, mutable=["batch_stats"])
+    (mean, inv_std), stats = bn.apply(variables, x, mask, True, mutable=["batch_stats"])
     real = x[mask]
-    np.testing.assert_allclose(
-        np.asarray(y)[mask], (real - real.mean(0)) / np.sqrt(real.var(0) + 1e-6), atol=1e-4
-    )
+    np.testing.assert_allclose(mean, real.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(inv_std, 1 / np.sqrt(real.var(0) + 1e-6), rtol=1e-4)
     np.testing.assert_allclose(stats["batch_stats"]["mean"], 0.5 * real.mean(0), rtol=1e-5)
     np.testing.assert_allclose(stats["batch_stats"]["var"], 0.5 + 0.5 * real.var(0), rtol=1e-5)
-    y_eval = bn.apply(stats, x, mask, False)
-    expected = (x - 0.5 * real.mean(0)) / np.sqrt(0.5 + 0.5 * real.var(0) + 1e-6)
-    np.testing.assert_allclose(np.asarray(y_eval)[mask], expected[mask], rtol=1e-4)
+    mean, inv_std = bn.apply(stats, x, mask, False)
+    np.testing.assert_allclose(mean, 0.5 * real.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(inv_std, 1 / np.sqrt(0.5 + 0.5 * real.var(0) + 1e-6), rtol=1e-4)
 
 
-def test_single_query_attention_equals_attention_over_projected_tokens():
+def test_single_query_attention_equals_attention_over_normalised_projected_tokens():
+    """Folding the BatchNorm and the projections into the query gives attention over the projected
+    normalised tokens; padding is masked, and a row with one real token gets that token's value."""
     rng = np.random.default_rng(0)
     batch, tokens, dim, heads, head_dim = 3, 7, 8, 2, 4
-    x = jnp.asarray(rng.normal(size=(batch, tokens, dim)), jnp.float32)
+    x = jnp.asarray(rng.normal(2.0, 3.0, size=(batch, tokens, dim)), jnp.float32)
     mask = np.arange(tokens)[None] < np.array([7, 3, 1])[:, None]
+    mean = jnp.asarray(rng.normal(2.0, 1.0, size=dim), jnp.float32)
+    inv_std = jnp.asarray(rng.uniform(0.2, 1.0, size=dim), jnp.float32)
     query = jnp.asarray(rng.normal(size=(heads, head_dim)), jnp.float32)
     w_key, w_value = (jnp.asarray(rng.normal(size=(dim, heads, head_dim)), jnp.float32) for _ in range(2))
-    keys, values = jnp.einsum("bnd,dhk->bnhk", x, w_key), jnp.einsum("bnd,dhk->bnhk", x, w_value)
+    z = (x - mean) * inv_std
+    keys, values = jnp.einsum("bnd,dhk->bnhk", z, w_key), jnp.einsum("bnd,dhk->bnhk", z, w_value)
     q = jnp.broadcast_to(query[None, None], (batch, 1, heads, head_dim))
     expected = jax.nn.dot_product_attention(q, keys, values, mask=mask[:, None, None, :])[:, 0]
-    got = single_query_attention(x, mask, query, w_key, w_value)
-    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(got[2], np.asarray(values[2, 0]), atol=1e-5)  # one real token: its value
+    got = single_query_attention(x, mask, query, w_key, w_value, mean, inv_std)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(got[2], np.asarray(values[2, 0]), atol=1e-4)  # one real token: its value
 
 
 def test_probe_has_no_qkv_bias_and_one_query():
