@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from naraim.errors import UserError
 from naraim.host_memory import keep_freed_host_memory
+from naraim.stop_signals import stop_signals
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -19,13 +20,14 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run_main(main: Callable[[], None]) -> None:
     """Runs `main`; a UserError prints `error: <message>` to stderr and exits with its exit_code (1, or 130
-    for an interrupted run).
+    for an interrupted run). Ctrl-C and SIGTERM end it with one line and exit status 130.
 
     Call it before anything initialises a JAX backend (the allocator setting needs that).
     """
     keep_freed_host_memory()
     try:
-        main()
+        with stop_signals():
+            main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

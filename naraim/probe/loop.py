@@ -9,6 +9,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from naraim.console import progress
+from naraim.stop_signals import raise_if_stopped
 from naraim.train.checkpoint import Checkpointer, abstract_like
 from naraim.train.metrics_log import MetricsLogger
 
@@ -44,6 +45,7 @@ def train_loop(
     window, window_start = [], time.time()
     try:
         while step < cfg.total_steps:
+            raise_if_stopped()  # a Ctrl-C whose KeyboardInterrupt Python dropped
             state, metrics = step_fn(state, next(batches))
             step += 1
             window.append(metrics)

@@ -4,9 +4,7 @@ line on NaN, Ctrl-C / SIGTERM or a failing input pipeline."""
 
 import contextlib
 import os
-import signal
 import time
-from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -17,6 +15,7 @@ from naraim.data.pipeline import make_train_iterator
 from naraim.errors import UserError
 from naraim.model.model import make_model
 from naraim.model.sizes import patch_size
+from naraim.stop_signals import raise_if_stopped, stop_signals
 from naraim.train.checkpoint import Checkpointer, abstract_like, write_config
 from naraim.train.config import fit_schedule, validate_pretrain_config
 from naraim.train.evaluation import Evaluator
@@ -37,20 +36,6 @@ class Interrupted(UserError):
     exit_code = 130
 
 
-@contextlib.contextmanager
-def interrupt_on_sigterm() -> Iterator[None]:
-    """Within the block SIGTERM raises KeyboardInterrupt, as Ctrl-C does (main thread only)."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def train(cfg: ConfigDict, workdir: str, force_config_change: bool = False) -> dict:
     """Pre-trains per `cfg` into `workdir`, resuming from its newest intact checkpoint if there is one.
 
@@ -61,7 +46,7 @@ def train(cfg: ConfigDict, workdir: str, force_config_change: bool = False) -> d
     if note := fit_schedule(cfg):
         say(note)
     validate_pretrain_config(cfg)
-    with WorkdirLock(workdir), interrupt_on_sigterm():
+    with WorkdirLock(workdir), stop_signals():
         return _Run(cfg, workdir, force_config_change).run()
 
 
@@ -235,6 +220,7 @@ class _Run:
                 paused += time.time() - pause_start
                 if last:
                     break
+                raise_if_stopped()  # a Ctrl-C whose KeyboardInterrupt Python dropped
                 batch = self._next_batch(train_iter, step)
         except KeyboardInterrupt:
             bar.close()
