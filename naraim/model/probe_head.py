@@ -73,8 +73,8 @@ def single_query_attention(
     query: jax.Array,
     w_key: jax.Array,
     w_value: jax.Array,
-    mean: jax.Array | float = 0.0,
-    inv_std: jax.Array | float = 1.0,
+    mean: jax.Array,
+    inv_std: jax.Array,
 ) -> jax.Array:
     """Multi-head attention of one query over the normalised tokens z = (x - mean) * inv_std: x [B,N,D],
     mask bool [B,N], query [H,K], key and value kernels [D,H,K], mean and inv_std [D] -> float32 [B,H,K].

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from naraim.errors import UserError
+from naraim.model.probe_head import real_token_mask
 
 MEAN = "mean"
 
@@ -63,7 +64,7 @@ def block_stack(intermediates: dict[str, jax.Array], blocks: tuple[int, ...]) ->
 
 def mean_pool(stack: jax.Array, length: jax.Array) -> jax.Array:
     """stack [B, nb, N, D] (block outputs), length [B] -> float32 [B, nb, D]: the mean over real tokens."""
-    real = (jnp.arange(stack.shape[2])[None, :] < length[:, None]).astype(jnp.float32)
+    real = real_token_mask(length, stack.shape[2]).astype(jnp.float32)
     pooled = jnp.einsum("bknd,bn->bkd", stack.astype(jnp.float32), real)
     return pooled / jnp.maximum(real.sum(-1), 1.0)[:, None, None]
 
