@@ -35,8 +35,12 @@ def _handle(signum, frame) -> None:
 
 @contextlib.contextmanager
 def stop_signals() -> Iterator[None]:
-    """Within the block SIGINT and SIGTERM raise KeyboardInterrupt and are remembered (main thread only)."""
+    """Within the block SIGINT and SIGTERM raise KeyboardInterrupt and are remembered (main thread only).
+    A block inside another (train() under run_main) leaves the outer one's handlers and memory as they are."""
     global _received
+    if signal.getsignal(signal.SIGINT) is _handle:
+        yield
+        return
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {s: signal.signal(s, _handle) for s in signals}
     _received = False

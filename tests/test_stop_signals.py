@@ -44,3 +44,18 @@ def test_a_signal_inside_a_gc_callback_is_kept_for_the_next_check(monkeypatch):
         assert fired and not unraisable
         with pytest.raises(KeyboardInterrupt):
             raise_if_stopped()
+
+
+def test_a_nested_block_keeps_what_the_outer_one_remembered():
+    """train() opens a block inside run_main's: a signal dropped before it must still stop the loop."""
+    with stop_signals():
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.sigtimedwait([], 0.1)
+        with stop_signals():
+            with pytest.raises(KeyboardInterrupt):
+                raise_if_stopped()
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_stopped()
+    raise_if_stopped()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
