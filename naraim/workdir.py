@@ -156,14 +156,16 @@ def check_resume_config(
 ) -> list[str]:
     """Compares `cfg` with the run's saved WORKDIR/config.json before resuming at `step`.
 
-    Changes of keys outside `mutable` raise UserError listing each (old -> new), unless `force`. Allowed
-    (or forced) changes are appended to config_history.jsonl with the step, and config.json is rewritten
-    with the new config. Returns the changed keys.
+    Changes of keys outside `mutable` raise UserError listing each (old -> new), unless `force`; keys the
+    saved config does not have (added by a newer naraim) are allowed. Allowed (or forced) changes are
+    appended to config_history.jsonl with the step, and config.json is rewritten with the new config.
+    Returns the changed keys.
     """
     saved = read_json(os.path.join(workdir, CONFIG_FILE), "the run's config")
     new = json.loads(cfg.to_json_best_effort())
     changes = config_changes(saved, new)
-    fixed = {k: v for k, v in changes.items() if not _mutable(k, mutable)}
+    known = _flatten(saved)  # a key the saved config lacks was added by a newer naraim: allowed, recorded
+    fixed = {k: v for k, v in changes.items() if k in known and not _mutable(k, mutable)}
     if fixed and not force:
         listed = "; ".join(f"{k}: {old!r} -> {new_!r}" for k, (old, new_) in fixed.items())
         raise UserError(

@@ -61,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     if not os.path.isdir(args.source):
         raise UserError(f"--source {args.source!r} is not a folder")
-    photos = [p for p in list_files(args.source) if p.lower().endswith((".jpg", ".jpeg", ".png"))]
+    photos = [p for p in list_files(args.source)[0] if p.lower().endswith((".jpg", ".jpeg", ".png"))]
     if not photos:
         raise UserError(f"--source {args.source!r} holds no .jpg or .png photos")
     rng = np.random.default_rng(args.seed)

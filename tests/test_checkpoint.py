@@ -1,5 +1,10 @@
+import gc
+import logging
 import os
 import shutil
+import sys
+import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +91,46 @@ def test_restore_falls_back_to_the_newest_intact_checkpoint(tmp_path):
     ckpt.wait()
     assert ckpt.latest_step() == 2
     ckpt.close()
+
+
+def _many_arrays(value: float) -> dict:
+    state = make_state(value)
+    noise = jax.random.normal(jax.random.PRNGKey(0), (24, 256, 256))  # random: incompressible array files
+    state["params"]["backbone"] = {f"w{i}": noise[i] + value for i in range(24)}
+    return state
+
+
+def test_a_damaged_checkpoint_is_set_aside_with_one_line_and_nothing_else(
+    tmp_path, capfd, caplog, monkeypatch
+):
+    """orbax abandons the other in-flight reads when one fails; they must not reach the console as
+    'Event loop is closed' tracebacks, unretrieved task errors or unawaited-coroutine warnings."""
+    ckpt = Checkpointer(str(tmp_path), keep=3)
+    for step in (1, 2):
+        ckpt.save(step, _many_arrays(step), {"pos": step})
+    ckpt.wait()
+    ckpt.close()
+    for data in (tmp_path / "checkpoints" / "2" / "state").glob("ocdbt.process_*/d/*"):
+        data.write_bytes(data.read_bytes()[:20])  # every array file truncated
+    unraisable, lines = [], []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with warnings.catch_warnings(record=True) as warned, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        ckpt = Checkpointer(str(tmp_path), keep=3)
+        step, state, _ = ckpt.restore_newest_intact(abstract(_many_arrays(0)), log=lines.append)
+        ckpt.close()
+        time.sleep(1.0)  # the abandoned reads complete in tensorstore's threads
+        gc.collect()
+    assert step == 1
+    np.testing.assert_array_equal(
+        state["params"]["backbone"]["w3"], _many_arrays(1)["params"]["backbone"]["w3"]
+    )
+    assert len(lines) == 1 and lines[0].startswith("checkpoint at step 2 is damaged (")
+    assert "\n" not in lines[0] and len(lines[0]) < 320
+    assert unraisable == [] and [str(w.message) for w in warned] == []
+    assert [r.getMessage() for r in caplog.records] == []
+    out, err = capfd.readouterr()
+    assert out == err == ""
 
 
 def test_incompatible_or_missing_checkpoints_are_user_errors(tmp_path):

@@ -3,6 +3,8 @@
 import io
 import logging
 import os
+import socket
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -11,6 +13,9 @@ from PIL import Image
 from naraim.data.config import default_data_config
 from naraim.data.decode import BadImageError, decode_image
 from naraim.data.pipeline import make_eval_iterator, make_train_iterator, skipped_examples
+from naraim.data.sources import open_source
+from naraim.data.sources.base import UnusableExample
+from naraim.data.sources.folder import read_file
 from naraim.errors import UserError
 
 
@@ -155,20 +160,96 @@ def test_each_bad_file_is_counted_and_warned_once(tmp_path, caplog):
         assert sum(name in r.getMessage() for r in caplog.records) <= 1
 
 
-def test_a_symlink_loop_in_a_folder_is_listed_once(tmp_path):
-    root = tmp_path / "data"
-    (root / "cat").mkdir(parents=True)
-    _rgb().save(root / "cat" / "a.png")
-    os.symlink(root / "cat", root / "cat" / "loop")  # cat/loop -> cat
-    os.symlink(root / "nowhere", root / "cat" / "dangling")
-    (root / "dog").mkdir()
-    _rgb(seed=1).save(root / "dog" / "b.png")
-    from naraim.data.sources import open_source
+def _odd_entries_folder(root):
+    """Two classes of 2 good PNGs each, plus one entry of every kind that listing must skip without opening;
+    returns (root, {kind: count})."""
+    for c, seed in (("cat", 0), ("dog", 5)):
+        (root / c).mkdir(parents=True)
+        for i in range(2):
+            _rgb(seed=seed + i).save(root / c / f"{i}.png")
+    cat, dog = root / "cat", root / "dog"
+    os.symlink(cat / "loop2", cat / "loop1")  # two file links pointing at each other
+    os.symlink(cat / "loop1", cat / "loop2")
+    os.symlink(cat / "nowhere.png", cat / "dangling.png")
+    os.symlink(cat, cat / "self")  # a folder link back into the class folder: listed once
+    outside = root.parent / "outside"
+    outside.mkdir()
+    _rgb(seed=9).save(outside / "x.png")
+    os.symlink(outside, dog / "elsewhere")  # a folder link out of the class folder
+    os.symlink("/dev/null", dog / "null.png")  # a device file
+    os.mkfifo(dog / "pipe.jpg")  # reading it would block forever
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(dog / "sock.jpg"))
+    os.symlink(_rgb(seed=3).save(outside / "y.png") or outside / "y.png", dog / "linked.png")  # a file link
+    return (
+        root,
+        {
+            "looping links": 2,
+            "dangling links": 1,
+            "links to folders outside the class folder": 1,
+            "device files": 1,
+            "pipes (FIFOs)": 1,
+            "sockets": 1,
+        },
+        server,
+    )
 
+
+def test_listing_skips_and_counts_links_pipes_sockets_and_devices_without_opening_them(tmp_path, caplog):
+    root, expected, server = _odd_entries_folder(tmp_path / "data")
     cfg = _folder_cfg(root)
     cfg.holdout_fraction = 0.5
+    with server, caplog.at_level(logging.WARNING, logger="naraim.data"):
+        src = open_source(cfg, "train")
+        again = open_source(cfg, "train")  # listed again: no second warning
+    assert dict(src.skipped_entries) == dict(again.skipped_entries) == expected
+    names = sorted(os.path.basename(p) for p, _ in src._items + open_source(cfg, "validation")._items)
+    assert names == ["0.png", "0.png", "1.png", "1.png", "linked.png"]
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(lines) == len(expected)
+    for kind, count in expected.items():
+        assert sum(f"skipped {count} {kind}" in line for line in lines) == 1
+    batch = next(make_train_iterator(cfg, patch_size=8, global_batch_size=4, seed=0))
+    assert batch["patches"].shape == (4, 16, 192)
+
+
+def test_files_over_max_file_bytes_or_without_an_image_header_are_skipped_unread(tmp_path, caplog):
+    d = tmp_path / "data" / "train" / "c"
+    d.mkdir(parents=True)
+    good = _encode(_rgb(), "PNG")
+    (d / "a.png").write_bytes(good)
+    (d / "b_big.png").write_bytes(good + b"\0" * 5_000)  # an image, but over the limit
+    (d / "c_text.jpg").write_bytes(b"hello" * 400)
+    cfg = _folder_cfg(tmp_path / "data")
+    cfg.max_file_bytes = len(good) + 100
     src = open_source(cfg, "train")
-    assert len(src) == 2 and sorted(os.path.basename(src[i][2]) for i in range(2)) == ["a.png", "b.png"]
+    assert src[0][0] == good
+    with pytest.raises(UnusableExample, match="exceed data.max_file_bytes") as big:
+        src[1]
+    with pytest.raises(UnusableExample, match="not an image") as text:
+        src[2]
+    assert big.value.name.endswith("b_big.png") and text.value.name.endswith("c_text.jpg")
+    with caplog.at_level(logging.WARNING, logger="naraim.data"):
+        ev = list(make_eval_iterator(cfg, split="train", patch_size=8, global_batch_size=3))
+    assert ev[0]["valid"].tolist() == [True, False, False]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "b_big.png" in warned and "c_text.jpg" in warned
+
+
+def test_reading_checks_the_size_and_the_header_before_the_rest(tmp_path):
+    path = tmp_path / "huge.jpg"
+    with open(path, "wb") as f:
+        f.truncate(200 * 2**20)  # 200 MiB of zeros, sparse: a video renamed, a disk image
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnusableExample, match="exceed"):
+            read_file(str(path), 64 * 2**20)
+        with pytest.raises(UnusableExample, match="not an image"):
+            read_file(str(path), 2**30)  # under the limit: the header is read, not the rest
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
 
 
 def test_a_malformed_arrayrecord_record_is_skipped(tmp_path):

@@ -11,6 +11,7 @@ import time
 
 import psutil
 import pytest
+from PIL import Image
 from probe_helpers import ROOT, load_config, pretrain_workdir, tiny_probe_config
 
 from naraim.errors import UserError
@@ -77,18 +78,56 @@ def test_resume_refuses_changed_keys_and_records_allowed_changes(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_damaged_newest_checkpoint_falls_back_to_the_intact_one(tmp_path, capsys):
-    train(tiny(4), str(tmp_path))
-    newest = tmp_path / "checkpoints" / "4" / "state"
-    for f in newest.rglob("*"):
-        if f.is_file() and f.stat().st_size > 100:
-            f.write_bytes(f.read_bytes()[:20])
-    summary = train(tiny(6), str(tmp_path))
-    err = capsys.readouterr().err
-    assert "checkpoint at step 4 is damaged" in err and "resuming from step 2" in err
-    assert summary["step"] == 6 and (tmp_path / "checkpoints_damaged" / "4").is_dir()
+def test_a_damaged_newest_checkpoint_falls_back_to_the_intact_one_with_one_line(tmp_path):
+    args = ["--config.eval_every=2", "--config.eval.num_examples=8", "--config.checkpoint_every=2"]
+    subprocess.run(_command(tmp_path, *args, "--config.total_steps=4"), cwd=ROOT, check=True, timeout=300)
+    for data in (tmp_path / "checkpoints" / "4" / "state").glob("ocdbt.process_*/d/*"):
+        data.write_bytes(data.read_bytes()[:20])  # every array file of the newest checkpoint truncated
+    command = _command(tmp_path, *args, "--config.total_steps=6", "--config.progress_bar=False")
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    damaged = [line for line in proc.stderr.splitlines() if "is damaged" in line]
+    assert len(damaged) == 1 and damaged[0].startswith("checkpoint at step 4 is damaged ("), proc.stderr
+    assert "resuming from step 2" in proc.stderr
+    expected = (
+        "note:",
+        "checkpoint at step 4",
+        "resuming from",
+        "compiling",
+        "compiled in",
+        "step ",
+        "done:",
+    )
+    stray = [line for line in proc.stderr.splitlines() if not line.startswith(expected)]
+    assert stray == [], proc.stderr  # no traceback, 'Event loop is closed' or unawaited-coroutine warning
+    assert (tmp_path / "checkpoints_damaged" / "4").is_dir() and (tmp_path / "checkpoints" / "6").is_dir()
     steps = [r["step"] for r in records(tmp_path) if r["split"] == "train"]
     assert steps == [1, 2, 3, 4, 5, 6]  # rows after step 2 were replaced, each step once
+
+
+@pytest.mark.slow
+def test_a_folder_with_looping_links_a_pipe_and_a_huge_file_trains_in_bounded_memory(tmp_path):
+    data = tmp_path / "data"
+    for c, color in (("a", 40), ("b", 200)):
+        (data / c).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (40 + 8 * i, 32), (color, 10 * i, 90)).save(data / c / f"{i}.png")
+    os.symlink(data / "a" / "loop2", data / "a" / "loop1")  # two file links pointing at each other
+    os.symlink(data / "a" / "loop1", data / "a" / "loop2")
+    os.mkfifo(data / "b" / "pipe.jpg")
+    with open(data / "b" / "huge.jpg", "wb") as f:
+        f.truncate(3 * 2**30)  # 3 GiB of zeros, sparse: a video renamed, a disk image
+    args = [f"--config.data.source=folder:{data}", "--config.total_steps=3", "--config.eval.num_examples=4"]
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(
+            _command(tmp_path / "run", *args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert os.waitstatus_to_exitcode(status) == 0 and "Traceback" not in err, err
+    assert usage.ru_maxrss * 1024 < 2 * 2**30  # peak resident memory (ru_maxrss is in KiB)
+    assert "skipped 2 looping links" in err and "skipped 1 pipes (FIFOs)" in err
+    assert "huge.jpg" in err and "exceed data.max_file_bytes" in err
 
 
 @pytest.mark.slow

@@ -54,6 +54,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     # decode large JPEGs at a reduced DCT scale that keeps the pixels the transforms need (False: full size)
     cfg.jpeg_draft = True
     cfg.max_pixels = 100_000_000  # larger images are skipped (named in a warning) before decoding
+    cfg.max_file_bytes = 64 * 2**20  # folder sources: larger files are skipped (named) without being read
     # folder:PATH without split folders: fraction of each class held out as the validation split.
     cfg.holdout_fraction = 0.1
     cfg.holdout_seed = 0  # seeds that held-out validation split
@@ -134,6 +135,8 @@ def validate_data_config(cfg: ml_collections.ConfigDict, patch_size: int) -> Non
     _check_transforms("data.eval_transforms", cfg.eval_transforms, s, patch_size, n)
     if int(cfg.max_pixels) < 1:
         raise UserError(f"data.max_pixels={cfg.max_pixels} must be at least 1 (e.g. 100000000)")
+    if int(cfg.max_file_bytes) < 1:
+        raise UserError(f"data.max_file_bytes={cfg.max_file_bytes} must be at least 1 (e.g. {64 * 2**20})")
     if int(cfg.num_workers) < 0:
         raise UserError(f"data.num_workers={cfg.num_workers} is negative; use 0 or more worker processes")
     lo, hi = cfg.crop_scale

@@ -13,6 +13,7 @@ are decoded at a reduced DCT scale (PIL `draft`) when the transforms need fewer 
 import io
 import math
 import warnings
+from typing import BinaryIO
 
 import numpy as np
 import simplejpeg
@@ -103,6 +104,18 @@ def decode_image(
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...) for bad files
         raise BadImageError(f"{type(e).__name__}: {e}") from None
     return upscale_to_patch(im, patch_size, max_tokens)
+
+
+def identify_image(f: BinaryIO) -> str:
+    """'' if PIL recognises an image format in the header of the open file `f`, else the reason it does not.
+    Reads the header only (PIL's 16-byte prefix and the format's header fields), never the pixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.open(f)  # not closed: Image.close() would close `f` too
+    except Exception as e:  # PIL raises UnidentifiedImageError, or a format's own error on a bad header
+        return f"not an image: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return ""
 
 
 def oriented_size(data: bytes) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""grain pipelines producing batches of the batch contract (see CONTRACTS.md / DESIGN.md).
+"""grain pipelines producing batches of the batch contract (docs/design.md).
 
 Per example: source[i] -> decode (bad files skipped with a warning) -> transforms with an rng derived from
 (seed, epoch, i) -> tokens (patchify, pad to N) -> ordering. Training shuffles each epoch (seeded), shards
@@ -33,6 +33,7 @@ from naraim.data import orderings
 from naraim.data.config import token_budget, validate_data_config
 from naraim.data.decode import decode_image, upscale_to_patch
 from naraim.data.sources import Source, open_source
+from naraim.data.sources.base import UnusableExample
 from naraim.data.tokens import to_tokens
 from naraim.data.transforms import Transform, apply_transforms, make_transform, min_source_pixels
 from naraim.errors import UserError
@@ -95,7 +96,7 @@ class ExampleLoader:
                 image = decode_image(raw, **limits, min_area=self.min_area, max_pixels=self.max_pixels)
             return image, int(label), aspect_ratio
         except Exception as e:  # a bad example is skipped whatever the source, container or decoder raised
-            _skip(name, e)
+            _skip(e.name if isinstance(e, UnusableExample) else name, e)
             return None
 
     def tokens(

@@ -5,12 +5,16 @@ each step into a temporary directory and renames it when complete, so a save cut
 never listed or restored.
 """
 
+import asyncio
 import base64
+import contextlib
 import errno
 import json
 import os
 import shutil
 import sys
+import warnings
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -23,6 +27,45 @@ from naraim.errors import UserError
 from naraim.workdir import CONFIG_FILE, atomic_write, read_json
 
 CHECKPOINT_DIR = "checkpoints"
+
+
+class _DrainingEventLoop(asyncio.SelectorEventLoop):
+    """An event loop that runs the tasks still pending on it to their end before it closes."""
+
+    def close(self) -> None:
+        if not self.is_closed() and not self.is_running():
+            pending = asyncio.all_tasks(self)
+            if pending:
+                self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        super().close()
+
+
+@contextlib.contextmanager
+def _reads_drained() -> Iterator[None]:
+    """orbax restores in a fresh event loop that it closes as soon as one read fails, while the checkpoint's
+    other reads are still in flight; their completions then meet a closed loop and print hundreds of
+    'Event loop is closed' tracebacks and unawaited-coroutine warnings. Within this block new event loops
+    finish their pending reads before closing, so a damaged checkpoint fails quietly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the policy API is deprecated from Python 3.14
+        previous = asyncio.get_event_loop_policy()
+        policy = asyncio.DefaultEventLoopPolicy()
+        policy.new_event_loop = _DrainingEventLoop
+        asyncio.set_event_loop_policy(policy)
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_event_loop_policy(previous)
+
+
+def _root_cause(e: BaseException) -> str:
+    """'Type: first line' of the innermost exception that `e` was raised from (tensorstore's own error, not
+    orbax's wrapper), at most 200 characters."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
 
 
 def encode_iterator_state(state) -> dict:
@@ -133,16 +176,13 @@ class Checkpointer:
             except UserError:
                 raise
             except Exception as e:  # anything a damaged checkpoint makes orbax or tensorstore raise
-                errors.append((step, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+                errors.append((step, _root_cause(e)))
                 self._set_aside(step)
-                log(
-                    f"checkpoint at step {step} is damaged ({errors[-1][1][:200]}); "
-                    "moved to checkpoints_damaged/"
-                )
+                log(f"checkpoint at step {step} is damaged ({errors[-1][1]}); moved to checkpoints_damaged/")
         if errors:
             raise UserError(
                 f"no checkpoint in {self.directory} could be restored (step {errors[0][0]}: "
-                f"{errors[0][1][:200]}); they were moved to checkpoints_damaged/: re-run to start afresh, or "
+                f"{errors[0][1]}); they were moved to checkpoints_damaged/: re-run to start afresh, or "
                 "use the config they were written with"
             )
         return None
@@ -162,7 +202,7 @@ class Checkpointer:
     def restore(self, step: int, abstract_state):
         """Returns (state laid out like `abstract_state` (ShapeDtypeStructs with shardings), this process's
         iterator state)."""
-        with absl_warnings_silenced():
+        with absl_warnings_silenced(), _reads_drained():
             restored = self._manager.restore(
                 step,
                 args=ocp.args.Composite(
@@ -249,15 +289,26 @@ def restore_params(path: str) -> tuple[dict, ConfigDict, int]:
             )
         try:
             return _restore_params(checkpoint_dir, steps[-1]), cfg, steps[-1]
-        except Exception:  # retried only if the step vanished under the read (the run deleted it)
+        except UserError:
             if attempt == 2 or steps[-1] in _steps(checkpoint_dir):
-                raise
+                raise  # retried only if the step vanished under the read (the run deleted it)
     raise AssertionError("unreachable")
 
 
 def _restore_params(checkpoint_dir: str, step: int) -> dict:
+    """The params of checkpoint `step` as numpy arrays; UserError in one line if it does not restore."""
+    try:
+        return _read_params(checkpoint_dir, step)
+    except Exception as e:  # anything a damaged (or vanished) checkpoint makes orbax or tensorstore raise
+        raise UserError(
+            f"checkpoint {os.path.join(checkpoint_dir, str(step))} does not restore ({_root_cause(e)}); pass "
+            "another step as init_from=WORKDIR/checkpoints/<step>"
+        ) from None
+
+
+def _read_params(checkpoint_dir: str, step: int) -> dict:
     item_dir = os.path.join(checkpoint_dir, str(step), "state")
-    with absl_warnings_silenced():  # orbax warns that the item folder has no step-level metadata
+    with absl_warnings_silenced(), _reads_drained():  # orbax warns that the folder has no step metadata
         checkpointer = ocp.PyTreeCheckpointer()
         params_meta = checkpointer.metadata(item_dir).item_metadata.tree["params"]
         restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params_meta)

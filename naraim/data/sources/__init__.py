@@ -35,6 +35,7 @@ def open_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
             split,
             holdout_fraction=float(data_cfg.holdout_fraction),
             holdout_seed=int(data_cfg.holdout_seed),
+            max_file_bytes=int(data_cfg.max_file_bytes),
         )
     if kind == "tfds":
         return TfdsSource(arg, split, data_dir=data_cfg.tfds_data_dir or None)

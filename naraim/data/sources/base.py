@@ -9,6 +9,14 @@ import numpy as np
 Example = tuple[bytes | np.ndarray, int, str, float | None]
 
 
+class UnusableExample(Exception):
+    """source[i] cannot give example i (a huge file, a non-image); `name` identifies it in the warning."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(reason)
+        self.name = name
+
+
 class Source(Protocol):
     """Random access to a split's examples; repr names the source in error messages."""
 
