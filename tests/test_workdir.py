@@ -77,6 +77,22 @@ def test_resume_refuses_changed_keys_and_records_allowed_changes(tmp_path):
     assert json.loads(open(tmp_path / "config_history.jsonl").read().splitlines()[-1])["forced"]
 
 
+def test_a_key_added_since_the_run_was_written_is_allowed_and_recorded(tmp_path):
+    cfg = tiny(4)
+    saved = json.loads(cfg.to_json_best_effort())
+    del saved["data"]["max_file_bytes"]  # a run written before the key existed
+    saved["seed"] = 7
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(UserError, match="seed: 7 -> 0") as e:
+        check_resume_config(str(tmp_path), cfg, 2)
+    assert "max_file_bytes" not in str(e.value)
+    saved["seed"] = 0
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert check_resume_config(str(tmp_path), cfg, 2) == ["data.max_file_bytes"]
+    (entry,) = [json.loads(line) for line in open(tmp_path / "config_history.jsonl")]
+    assert entry["changes"] == {"data.max_file_bytes": {"old": None, "new": cfg.data.max_file_bytes}}
+
+
 @pytest.mark.slow
 def test_a_damaged_newest_checkpoint_falls_back_to_the_intact_one_with_one_line(tmp_path):
     args = ["--config.eval_every=2", "--config.eval.num_examples=8", "--config.checkpoint_every=2"]
