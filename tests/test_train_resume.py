@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,8 +53,14 @@ def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path):
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL and max(saved_steps(killed)) < STEPS
-    subprocess.run(command(killed), check=True, cwd=ROOT, capture_output=True, timeout=300)
+    resumed_from = max(saved_steps(killed))
+    assert proc.returncode == -signal.SIGKILL and 2 <= resumed_from < STEPS
+    rerun = subprocess.run(command(killed), check=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # it resumed (not restarted: training is deterministic, so a restart would end the same) from the
+    # newest checkpoint and ran only the remaining steps
+    assert f"resuming from step {resumed_from} " in rerun.stderr and "starting a new run" not in rerun.stderr
+    ran = [int(m) for m in re.findall(r"^train: (\d+)/", rerun.stderr, re.MULTILINE)]
+    assert ran == list(range(resumed_from + 1, STEPS + 1)), rerun.stderr
     ref_params, _, ref_step = restore_params(str(reference))
     params, cfg, step = restore_params(str(killed))
     assert step == ref_step == STEPS and cfg.total_steps == STEPS
