@@ -9,14 +9,17 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import psutil
 import pytest
 from PIL import Image
 from probe_helpers import ROOT, load_config, pretrain_workdir, tiny_probe_config
 
 from naraim.errors import UserError
+from naraim.probe import loop
 from naraim.probe.runner import run_probe
-from naraim.train.checkpoint import Checkpointer
+from naraim.train.checkpoint import Checkpointer, restore_params
 from naraim.train.trainer import train
 from naraim.workdir import WorkdirLock, check_resume_config
 
@@ -218,18 +221,34 @@ def test_probe_reruns_resume_and_never_mix(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_killed_probe_resumes_from_its_checkpoint(tmp_path):
+def test_a_stopped_probe_resumes_from_its_checkpoint_to_the_same_heads(tmp_path, monkeypatch, capsys):
     workdir = pretrain_workdir("naraim")
     cfg = tiny_probe_config(workdir)
     cfg.update(checkpoint_every=2, total_steps=6)
-    reference = run_probe(cfg, str(tmp_path / "reference"))
-    # a run that stopped after its step-4 checkpoint: the same probe with 4 steps, then the full command
-    short = tiny_probe_config(workdir)
-    short.update(checkpoint_every=2, total_steps=4)
-    run_probe(short, str(tmp_path / "resumed"))
-    os.remove(tmp_path / "resumed" / "results.json")
-    resumed = run_probe(cfg, str(tmp_path / "resumed"))
-    assert resumed["top1"] == reference["top1"] and resumed["per_head"] == reference["per_head"]
+    run_probe(cfg, str(tmp_path / "reference"))
+    checks = []
+
+    def stop_before_step_5():  # the loop checks for Ctrl-C before each step
+        checks.append(1)
+        if len(checks) == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "raise_if_stopped", stop_before_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        run_probe(cfg, str(tmp_path / "resumed"))  # the same command, stopped after its step-4 checkpoint
+    assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["2", "4"]
+    checks.clear()
+    monkeypatch.setattr(loop, "raise_if_stopped", lambda: checks.append(1))
+    capsys.readouterr()
+    run_probe(cfg, str(tmp_path / "resumed"))
+    assert "resuming the probe from step 4" in capsys.readouterr().err and len(checks) == 2  # steps 5, 6
+    heads, _, step = restore_params(str(tmp_path / "reference"))
+    resumed, _, resumed_step = restore_params(str(tmp_path / "resumed"))
+    assert step == resumed_step == 6
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(heads), jax.tree.leaves(resumed), strict=True
+    ):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
 def _command(workdir, *extra):
