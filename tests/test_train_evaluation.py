@@ -56,3 +56,45 @@ def test_validation_mse_and_plots(tmp_path, variant):
     assert names == expected
     assert all(os.path.getsize(p) > 1000 for p in paths)
     assert np.isfinite(metrics["loss"])
+
+
+def _targets(patches: np.ndarray, norm_pix: bool) -> np.ndarray:
+    x = patches.astype(np.float64) / 255.0
+    if not norm_pix:
+        return x * 2.0 - 1.0
+    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+
+
+@pytest.mark.slow
+def test_mse_ref_is_the_reference_protocol_computed_by_hand(tmp_path):
+    """mse_ref: per validation image i a prefix k ~ U{1..n-1} from rng(ref_seed, i), prefix-causal
+    attention, the mean squared error of the targets k..n-1, then the mean over images; computed here one
+    image at a time, apart from the evaluator's batching and helpers."""
+    cfg = demo_config("naraim")
+    cfg.eval.ref_seed = 3
+    model, mesh = make_model(cfg.model), make_mesh()
+    batches = list(
+        make_eval_iterator(
+            cfg.data, split=cfg.data.val_split, patch_size=8, global_batch_size=12, max_examples=12
+        )
+    )
+    params = model.init(jax.random.PRNGKey(1), {k: jnp.asarray(v) for k, v in batches[0].items()})["params"]
+    metrics, _ = Evaluator(model, cfg, mesh, replicated(mesh), str(tmp_path)).run(params, step=1)
+    per_image, prefixes = [], []
+    for i, (patches, coords, grid, n) in enumerate(
+        zip(*(batches[0][k] for k in ("patches", "coords", "grid", "length")), strict=True)
+    ):
+        k = int(np.random.default_rng([3, i]).integers(1, max(int(n) - 1, 1) + 1))
+        prefixes.append(k)
+        example = {"patches": patches[None], "coords": coords[None], "grid": grid[None], "length": n[None]}
+        example = {key: jnp.asarray(v) for key, v in example.items()}
+        out = model.apply(
+            {"params": params}, example, attention="prefix_causal", prefix_length=jnp.array([k])
+        )
+        pred = np.asarray(out["pred"][0], np.float64)
+        err = ((pred - _targets(patches, cfg.loss.norm_pix)) ** 2).mean(-1)
+        if n > k:
+            per_image.append(err[k:n].mean())
+    assert len(set(prefixes)) > 3 and len(per_image) == 12
+    assert metrics["mse_ref"] == pytest.approx(np.mean(per_image), rel=1e-5)
+    assert metrics["mse_ref"] != pytest.approx(metrics["loss"], rel=1e-3)  # not the causal all-target mean
