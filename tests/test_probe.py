@@ -14,8 +14,9 @@ import pytest
 from probe_helpers import ROOT, load_config, pretrain_workdir, tiny_probe_config
 
 from naraim.data.pipeline import make_eval_iterator
+from naraim.data.sources import open_source
 from naraim.errors import UserError
-from naraim.probe import sweep
+from naraim.probe import protocols, sweep
 from naraim.probe.classifier import make_classifier
 from naraim.probe.knn import knn_correct, normalise
 from naraim.probe.loading import load_pretrained
@@ -392,3 +393,85 @@ def test_cached_run_matches_uncached_run_and_writes_outputs(workdir, tmp_path):
     saved = json.loads((tmp_path / "always" / "config.json").read_text())
     assert saved["model"]["variant"] == "Pico/8" and saved["protocol"] == "attentive"
     assert cached[-1]["split"] == "val" and cached[-1]["top1"] == res["top1"]
+
+
+def _labels(cfg, split, indices):
+    source = open_source(prepare(cfg)[0].data, split)
+    return [source[int(i)][1] for i in indices]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cached", [True, False])
+def test_heads_train_on_the_training_indices_and_are_selected_on_minival_only(
+    workdir, tmp_path, monkeypatch, cached
+):
+    """The heads' batches (or feature cache) hold the training indices, never a minival image; each head's
+    minival_top1 is its accuracy on exactly the minival images; the report is on the validation split."""
+    cfg = tiny_probe_config(workdir)
+    cfg.probe.update(blocks="all", minival_fraction=0.25, cache_features="always" if cached else "never")
+    if cached:
+        cfg.train_transforms = "eval"
+    calls, trained_on, accumulated = [], [], []
+    real_eval_batches, real_accumulate = protocols.RunContext.eval_batches, protocols._accumulate
+    real_train_iterator = protocols.make_train_iterator
+
+    def eval_batches(self, split, indices=None, max_examples=None, data_cfg=None):
+        calls.append((split, None if indices is None else list(indices)))
+        return real_eval_batches(self, split, indices, max_examples, data_cfg)
+
+    def train_iterator(*args, **kwargs):
+        trained_on.append(list(kwargs["indices"]))
+        return real_train_iterator(*args, **kwargs)
+
+    def accumulate(eval_fn, batches, mesh):
+        batches = list(batches)
+        top1, top5, ar = real_accumulate(eval_fn, batches, mesh)
+        labels = np.concatenate([b["label"][b["valid"]] for b in batches])
+        accumulated.append((sorted(labels.tolist()), top1))
+        return top1, top5, ar
+
+    monkeypatch.setattr(protocols.RunContext, "eval_batches", eval_batches)
+    monkeypatch.setattr(protocols, "make_train_iterator", train_iterator)
+    monkeypatch.setattr(protocols, "_accumulate", accumulate)
+    results = run_probe(cfg, str(tmp_path))
+    train_idx, minival_idx = split_minival(48, 0.25, cfg.seed)
+    assert len(minival_idx) == 12 and not set(train_idx) & set(minival_idx)
+    if cached:
+        assert calls[:2] == [("train", list(train_idx)), ("train", list(minival_idx))]
+        assert _metrics(tmp_path)[0]["cache_examples"] == len(train_idx) == 36
+    else:
+        assert trained_on == [list(train_idx)] and ("train", list(minival_idx)) in calls
+    assert ("validation", None) in calls and all(split != "validation" or idx is None for split, idx in calls)
+    minival_labels = sorted(_labels(cfg, "train", minival_idx))
+    (top1,) = [t for labels, t in accumulated if labels == minival_labels]
+    assert top1.shape == (12, 2, 1)
+    assert [h["minival_top1"] for h in results["per_head"]] == pytest.approx(
+        top1.mean(axis=0).ravel().tolist()
+    )
+    assert results["num_examples"] == 24  # the validation split
+
+
+def test_the_knn_bank_holds_the_training_indices_and_minival_queries_only_minival(
+    workdir, tmp_path, monkeypatch
+):
+    cfg = tiny_probe_config(workdir, "knn")
+    cfg.probe.update(minival_fraction=0.25)
+    queried = []
+    real = protocols.knn.knn_correct
+
+    def knn_correct(bank, bank_labels, queries, query_labels, *args):
+        top1, top5 = real(bank, bank_labels, queries, query_labels, *args)
+        queried.append((sorted(bank_labels.tolist()), sorted(query_labels.tolist()), top1))
+        return top1, top5
+
+    monkeypatch.setattr(protocols.knn, "knn_correct", knn_correct)
+    results = run_probe(cfg, str(tmp_path))
+    train_idx, minival_idx = split_minival(48, 0.25, cfg.seed)
+    bank_labels = sorted(_labels(cfg, "train", train_idx))
+    assert all(bank == bank_labels for bank, _, _ in queried)  # every query searched the training bank
+    assert _metrics(tmp_path)[-2]["bank_examples"] == len(train_idx) == 36
+    minival = [t for _, q, t in queried if q == sorted(_labels(cfg, "train", minival_idx))]
+    assert len(minival) == len(results["per_head"]) == 3
+    assert [h["minival_top1"] for h in results["per_head"]] == pytest.approx([t.mean() for t in minival])
+    validation = [t for _, q, t in queried if len(q) == 24]
+    assert [h["top1"] for h in results["per_head"]] == pytest.approx([t.mean() for t in validation])
