@@ -354,6 +354,31 @@ def test_knn_is_perfect_on_separable_features_and_chance_on_shuffled_labels():
     assert 0.05 < top1.mean() < 0.16
 
 
+def test_knn_votes_with_exp_similarity_over_temperature_among_the_k_nearest():
+    """One query against a bank whose classes win under different k and temperatures: the nearest image is
+    class 0 (similarity 0.9), two class-1 images follow (0.6, 0.55), then three of class 2 (0.3, 0.29, 0.28)
+    and one of class 3 (-0.5). Scores are sums of exp(similarity / T) over the k most similar images."""
+    sims = np.array([0.9, 0.6, 0.55, 0.3, 0.29, 0.28, -0.5])
+    bank = np.stack([sims, np.sqrt(1 - sims**2)], 1).astype(np.float32)
+    labels = np.array([0, 1, 1, 2, 2, 2, 3])
+    query = np.array([[1.0, 0.0]], np.float32)
+    cases = [
+        (1, 10.0, 0),  # only the nearest votes
+        (2, 10.0, 0),  # e^0.09 > e^0.06
+        (3, 10.0, 1),  # nearly equal weights: two class-1 votes beat one class-0 vote
+        (5, 10.0, 1),  # two class-1 votes beat two class-2 votes
+        (6, 10.0, 2),  # three class-2 votes
+        (3, 1.0, 1),  # e^0.9 = 2.46 < e^0.6 + e^0.55 = 3.55
+        (3, 0.3, 0),  # e^3 = 20.1 > e^2 + e^1.83 = 13.6: the temperature sharpens the nearest vote
+        (7, 0.07, 0),
+        (100, 10.0, 2),  # k beyond the bank: all 7 vote
+    ]
+    for k, temperature, winner in cases:
+        for label in range(4):
+            top1, _ = knn_correct(bank, labels, query, np.array([label]), 4, k=k, temperature=temperature)
+            assert bool(top1[0]) == (label == winner), (k, temperature, label)
+
+
 def test_knn_probe_writes_per_block_results(workdir, tmp_path):
     cfg = tiny_probe_config(workdir, "knn")
     results = run_probe(cfg, str(tmp_path))
