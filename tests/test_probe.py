@@ -283,6 +283,35 @@ def test_linear_probe_caches_pooled_features_and_reads_the_mean_of_the_real_toke
     np.testing.assert_allclose(logits, expected_logits, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("variants", ["", "linear"])
+def test_a_sweeps_heads_never_interact_not_even_through_clipping(workdir, variants):
+    """Two heads (blocks 0 and 1, two learning rates) against one (block 0, the first rate), with clipping
+    active at every step: the shared head's parameters, BatchNorm statistics and optimizer state stay
+    those of the single-head run."""
+    clip = {"optim.clip_norm": 1e-3, "probe.minival_fraction": 0.1}
+    _, two, bp, state2, opt, sched = _setup(
+        workdir, variants, **{"probe.blocks": "0,1", "probe.lrs": (1e-2, 1.0), **clip}
+    )
+    cfg, one, _, state1, _, _ = _setup(
+        workdir, variants, **{"probe.blocks": "0", "probe.lrs": (1e-2,), **clip}
+    )
+    step2 = sweep.make_train_step(two, opt, sched, cached=False)
+    step1 = sweep.make_train_step(one, opt, sched, cached=False)
+    batch = _batch(cfg)
+    for _ in range(3):
+        state2, m2 = step2(state2, bp, batch)
+        state1, m1 = step1(state1, bp, batch)
+    assert float(m2["grad_norm"][1, 0]) > 1e-3 and float(m2["grad_norm"][0, 0]) > 1e-3  # both clipped
+    for key in ("params", "batch_stats", "opt_state"):
+        shared = jax.tree.map(lambda x: x[:1, :1] if x.ndim >= 2 else x, state2[key])
+        for (path, a), b in zip(
+            jax.tree_util.tree_leaves_with_path(shared), jax.tree.leaves(state1[key]), strict=True
+        ):
+            np.testing.assert_allclose(
+                a, b, rtol=1e-6, atol=1e-7, err_msg=f"{key}{jax.tree_util.keystr(path)}"
+            )
+
+
 @pytest.mark.slow
 def test_sweep_heads_equal_separate_single_head_runs(workdir, tmp_path):
     """Every (block, lr) head of one sweep ends where a single-head run with those features and that lr
