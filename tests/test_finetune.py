@@ -13,6 +13,7 @@ from naraim.probe.layer_decay import layer_scales
 from naraim.probe.loading import load_pretrained
 from naraim.probe.mixup import cutmix, mix_batch, mixup
 from naraim.probe.runner import run_probe
+from naraim.train.checkpoint import restore_params
 
 
 def test_layer_scales_follow_depth():
@@ -115,6 +116,7 @@ def test_finetune_trains_the_whole_network_end_to_end(workdir, tmp_path):
     cfg = tiny_probe_config(workdir, "finetune")
     cfg.finetune.mixup_alpha = 0.8
     cfg.finetune.cutmix_alpha = 1.0
+    cfg.checkpoint_every = 6
     results = run_probe(cfg, str(tmp_path))
     assert results["num_examples"] == 24
     assert json.loads((tmp_path / "results.json").read_text())["top1"] == results["top1"]
@@ -123,6 +125,14 @@ def test_finetune_trains_the_whole_network_end_to_end(workdir, tmp_path):
     assert all(np.isfinite(m["loss"]) for m in metrics if "loss" in m)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["protocol"] == "finetune" and saved["attention"] == "bidirectional"
+    # every backbone parameter moved away from the pre-trained one (layer-wise decay scales, never stops)
+    tuned, _, step = restore_params(str(tmp_path))
+    pretrained, _, _ = load_pretrained(workdir)
+    assert step == 6 and set(tuned) == {"backbone", "head"}
+    flat = jax.tree_util.tree_leaves_with_path(pretrained)
+    assert len(flat) == len(jax.tree.leaves(tuned["backbone"]))
+    for (path, before), after in zip(flat, jax.tree.leaves(tuned["backbone"]), strict=True):
+        assert not np.array_equal(before, after), jax.tree_util.keystr(path)
 
 
 @pytest.mark.slow
