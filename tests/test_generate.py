@@ -14,8 +14,9 @@ from naraim.generate import (
     make_complete_fn,
     prefix_lengths,
     save_completion_grid,
+    to_uint8,
 )
-from naraim.model.model import make_model
+from naraim.model.model import make_head, make_model
 from naraim.objectives import diffusion
 from naraim.objectives.config import default_loss_config
 
@@ -85,6 +86,49 @@ def test_completion_deterministic_prefix_unchanged_no_peeking(objective, attenti
     if objective == "diffusion":
         other = np.asarray(complete(params, data, prefix, jax.random.key(2)))
         assert (other != out).any()
+
+
+@pytest.mark.parametrize(
+    "objective,attention,sos",
+    [("mse", "causal", False), ("mse", "prefix_causal", False), ("diffusion", "causal", True)],
+)
+@pytest.mark.slow
+def test_every_generated_patch_was_fed_back(objective, attention, sos):
+    """Teacher forcing: one forward pass over the completed sequence predicts (or, for diffusion, samples
+    with the same noise) exactly the generated patch at every generated position, so each patch was made
+    from the patches generated before it."""
+    complete, params, data = setup(objective, attention, sos)
+    cfg = config(objective, attention, sos)
+    model = make_model(cfg.model)
+    prefix = jnp.asarray(prefix_lengths(np.asarray(data["length"]), 0.5))
+    rng = jax.random.key(1)
+    out = complete(params, data, prefix, rng)
+    inputs = dict(data, patches=out)
+    kw = {"prefix_length": prefix if attention == "prefix_causal" else None}
+    if objective == "mse":
+        pred = model.apply({"params": params}, inputs, **kw)["pred"]
+    else:
+        zeros = diffusion.head_inputs(jnp.zeros((B, N, K)), jnp.zeros((B, N)), True)
+        aligned = model.apply({"params": params}, inputs, head_inputs=zeros, **kw)["aligned"]
+        head = make_head(model.config)
+
+        def sample(j):
+            def denoise(x_t, gamma):
+                extra = diffusion.head_inputs(x_t[:, None], gamma[:, None], True)
+                return head.apply({"params": params["head"]}, aligned[:, j][:, None], **extra)[:, 0]
+
+            return diffusion.ddpm_sample(jax.random.fold_in(rng, j), denoise, (B, K), 4, "x0")
+
+        pred = jnp.stack([sample(j) for j in range(N)], axis=1)
+    forced = np.asarray(to_uint8(pred, data["patches"], False, cfg.loss.raw_scale))
+    generated = 0
+    for i in range(B):
+        for j in range(int(prefix[i]), int(data["length"][i])):
+            np.testing.assert_array_equal(
+                forced[i, j], np.asarray(out)[i, j], err_msg=f"example {i} patch {j}"
+            )
+            generated += 1
+    assert generated == int(np.sum(np.asarray(data["length"]) - np.asarray(prefix)))
 
 
 def test_prefix_lengths_and_bidirectional_rejected():
