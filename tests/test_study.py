@@ -1,11 +1,15 @@
 """scripts/study.py end to end on tiny synthetic data: every arm, every probe, study.json and report.md."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
+
+from naraim.probe.results import write_results
+from naraim.study.report import write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -97,3 +101,100 @@ def test_plan_gives_pretraining_what_the_measured_probes_leave(tmp_path, monkeyp
     assert plan["probe_seconds"] == 60.0
     assert abs(plan["steps"] - run.SAFETY * left / (4 * 0.5 * 1.15)) <= 2
     assert json.loads((tmp_path / "plan.json").read_text())["steps"] == plan["steps"]
+
+
+def _probe_results(heads: list[tuple], bins: list[tuple]) -> dict:
+    """results.json of a probe: heads [(features, lr, minival_top1, top1)], the selected one the best on
+    minival; bins [(lo, hi, count, top1)] for the selected head."""
+    per_bin = [{"bin": [lo, hi], "count": c, "top1": t} for lo, hi, c, t in bins]
+    per_head = [
+        {
+            "features": f,
+            "lr": lr,
+            "minival_top1": m,
+            "top1": t,
+            "top5": 1.0,
+            "num_examples": 10,
+            "per_aspect_ratio_bin": per_bin,
+        }
+        for f, lr, m, t in heads
+    ]
+    best = max(per_head, key=lambda h: h["minival_top1"])
+    return {
+        "top1": best["top1"],
+        "top5": 1.0,
+        "num_examples": 10,
+        "per_aspect_ratio_bin": per_bin,
+        "selected": {"features": best["features"], "lr": best["lr"]},
+        "per_head": per_head,
+    }
+
+
+def test_the_report_aggregates_seeds_into_means_spreads_and_gaps(tmp_path):
+    """study.json and report.md from a fixture of per-arm, per-seed probe results, number by number."""
+
+    attentive = {  # (arm, seed) -> heads (block, lr, minival, validation top-1)
+        ("naraim", 1): [
+            (0, 1e-3, 0.5, 0.40),
+            (0, 1e-2, 0.6, 0.42),
+            (1, 1e-3, 0.7, 0.50),
+            (1, 1e-2, 0.2, 0.90),
+        ],
+        ("naraim", 2): [
+            (0, 1e-3, 0.9, 0.44),
+            (0, 1e-2, 0.1, 0.99),
+            (1, 1e-3, 0.3, 0.46),
+            (1, 1e-2, 0.4, 0.48),
+        ],
+        ("random_init", 1): [
+            (0, 1e-3, 0.5, 0.30),
+            (0, 1e-2, 0.4, 0.9),
+            (1, 1e-3, 0.3, 0.2),
+            (1, 1e-2, 0.6, 0.32),
+        ],
+        ("random_init", 2): [
+            (0, 1e-3, 0.2, 0.9),
+            (0, 1e-2, 0.3, 0.36),
+            (1, 1e-3, 0.1, 0.9),
+            (1, 1e-2, 0.2, 0.34),
+        ],
+    }
+    knn = {("naraim", 1): 0.35, ("naraim", 2): 0.39, ("random_init", 1): 0.30, ("random_init", 2): 0.28}
+    linear = {("naraim", 1): 0.45, ("naraim", 2): 0.41, ("random_init", 1): 0.33, ("random_init", 2): 0.37}
+    bins = {1: [(0, 1, 4, 0.25), (1, math.inf, 6, None)], 2: [(0, 1, 4, 0.75), (1, math.inf, 6, 0.5)]}
+    for (arm, seed), heads in attentive.items():
+        folder = tmp_path / f"{arm}_s{seed}"
+        for probe, results in (
+            ("probe_attentive", _probe_results(heads, bins[seed])),
+            ("probe_knn", _probe_results([("mean_last_6", 20, 0.5, knn[arm, seed])], bins[seed])),
+            ("probe_linear", _probe_results([(1, 0.1, 0.5, linear[arm, seed])], bins[seed])),
+        ):
+            (folder / probe).mkdir(parents=True)
+            write_results(str(folder / probe), results)
+        (folder / "arm.json").write_text(json.dumps({"pretrain_seconds": 10.0 * seed, "probe_seconds": 5.0}))
+    meta = {
+        "data": "x",
+        "date": "d",
+        "commands": ["python scripts/study.py"],
+        "plan": {"steps": 3, "chosen_by": "t"},
+    }
+    study = write_report(str(tmp_path), ("naraim", "random_init"), [1, 2], meta)
+    naraim, control = study["arms"]["naraim"], study["arms"]["random_init"]
+    # attentive: naraim selects (1, 1e-3) -> 0.50 and (0, 1e-3) -> 0.44; the control 0.32 and 0.36
+    assert naraim["top1"] == pytest.approx(0.47) and control["top1"] == pytest.approx(0.34)
+    assert naraim["spread"]["top1"] == pytest.approx({"min": 0.44, "max": 0.50, "std": 0.03})
+    assert naraim["knn_top1"] == pytest.approx(0.37) and naraim["linear_top1"] == pytest.approx(0.43)
+    assert naraim["spread"]["knn_top1"] == pytest.approx({"min": 0.35, "max": 0.39, "std": 0.02})
+    assert study["gaps"]["naraim_minus_random_init"] == pytest.approx(
+        {"top1": 0.13, "knn_top1": 0.08, "linear_top1": 0.08}
+    )
+    # per block: the best lr on minival per block and seed, then the mean over seeds
+    assert naraim["per_block_top1"] == pytest.approx({"0": (0.42 + 0.44) / 2, "1": (0.50 + 0.48) / 2})
+    assert control["per_block_top1"] == pytest.approx({"0": (0.30 + 0.36) / 2, "1": (0.32 + 0.34) / 2})
+    assert [b["top1"] for b in naraim["per_aspect_ratio_bin"]] == pytest.approx([0.5, 0.5])  # None skipped
+    assert naraim["wall_seconds"] == pytest.approx((15.0 + 25.0) / 2)
+    report = (tmp_path / "report.md").read_text()
+    assert "| naraim | 47.0 (44.0-50.0) | 37.0 (35.0-39.0) | 43.0 (41.0-45.0) | 40 |" in report
+    assert "| random_init | 34.0 (32.0-36.0) |" in report
+    assert "- naraim_minus_random_init: top1 +13.0, knn_top1 +8.0, linear_top1 +8.0" in report
+    assert "| naraim | 43.0 | 49.0 |" in report
