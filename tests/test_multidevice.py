@@ -41,15 +41,33 @@ for name, ndev, fsdp, micro in runs:
     model = make_model(cfg.model)
     opt, sched = make_optimizer(cfg.optim, cfg.total_steps)
     state, shardings = init_state(model, opt, cfg, mesh)
-    if fsdp:
-        specs = [s.spec for s in jax.tree_util.tree_leaves(shardings["params"])]
-        assert any(spec != P() for spec in specs), specs
     step = make_train_step(model, opt, sched, cfg, mesh, shardings)
     losses = []
     for b in batches:
-        state, m = step(state, global_batch(b, mesh))
+        gb = global_batch(b, mesh)
+        for key, x in gb.items():  # every device holds its own quarter of the examples
+            shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+            assert [s.data.shape[0] for s in shards] == [8 // ndev] * ndev, (key, x.sharding)
+            rows = [np.asarray(s.data) for s in shards]
+            np.testing.assert_array_equal(np.concatenate(rows), b[key])
+        state, m = step(state, gb)
         losses.append(float(m["loss"]))
+    # parameters and optimizer state after the steps: replicated, or FSDP-sharded over 'data'
+    sharded = 0
+    for path, x in jax.tree_util.tree_leaves_with_path({"params": state["params"], "opt": state["opt_state"]}):
+        shapes = {tuple(s.data.shape) for s in x.addressable_shards}
+        divisible = [d for d in range(x.ndim) if x.shape[d] % ndev == 0]
+        if fsdp and x.size >= 1024 and divisible:
+            dim = max(divisible, key=lambda d: (x.shape[d], -d))
+            want = tuple(n // ndev if d == dim else n for d, n in enumerate(x.shape))
+            assert shapes == {want}, (jax.tree_util.keystr(path), shapes, want)
+            starts = sorted(s.index[dim].start or 0 for s in x.addressable_shards)
+            assert starts == [i * x.shape[dim] // ndev for i in range(ndev)], jax.tree_util.keystr(path)
+            sharded += 1
+        else:
+            assert shapes == {x.shape} and x.sharding.is_fully_replicated, jax.tree_util.keystr(path)
     out[name] = losses
+    out[name + "_sharded_leaves"] = sharded
 print("RESULT" + json.dumps(out))
 """
 
@@ -65,6 +83,8 @@ def test_data_parallel_fsdp_and_accumulation_match_one_device():
     assert out["one"][-1] < out["one"][0]
     for name in ("dp", "fsdp", "accum"):
         np.testing.assert_allclose(out[name], out["one"], rtol=2e-5, err_msg=name)
+    # FSDP shards the large parameters and their AdamW moments; data parallelism shards none
+    assert out["fsdp_sharded_leaves"] >= 20 and out["dp_sharded_leaves"] == out["accum_sharded_leaves"] == 0
 
 
 ARGS = [
