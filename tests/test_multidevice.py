@@ -54,7 +54,8 @@ for name, ndev, fsdp, micro in runs:
         losses.append(float(m["loss"]))
     # parameters and optimizer state after the steps: replicated, or FSDP-sharded over 'data'
     sharded = 0
-    for path, x in jax.tree_util.tree_leaves_with_path({"params": state["params"], "opt": state["opt_state"]}):
+    trained = {"params": state["params"], "opt": state["opt_state"]}
+    for path, x in jax.tree_util.tree_leaves_with_path(trained):
         shapes = {tuple(s.data.shape) for s in x.addressable_shards}
         divisible = [d for d in range(x.ndim) if x.shape[d] % ndev == 0]
         if fsdp and x.size >= 1024 and divisible:

@@ -100,6 +100,39 @@ def test_processes_get_disjoint_shards():
     assert not set(shards[0]) & set(shards[1]) and set(shards[0]) | set(shards[1]) == set(every)
 
 
+def test_augmentation_follows_the_example_not_the_process():
+    """Two processes, shuffled, with random crops and flips: per epoch they read disjoint halves of the split,
+    and each example is augmented exactly as a single process augments it in that epoch (its rng comes from
+    (seed, epoch, example index)), so the processes' random draws differ because their examples do."""
+    cfg = _cfg(
+        train_size=16, transforms=("random_crop_native", "native_aspect_ratio_resize", "horizontal_flip")
+    )
+    epochs = {}
+    for name, processes in (("single", [(0, 1)]), ("two", [(0, 2), (1, 2)])):
+        seen = [[], []]  # per epoch: the examples as bytes
+        per_process = []
+        for index, count in processes:
+            it = _train(cfg, batch=4, process_index=index, process_count=count)
+            mine = [[], []]
+            for epoch in range(2):
+                for _ in range(16 // 4):
+                    b = next(it)
+                    rows = [
+                        b["patches"][i].tobytes() + b["coords"][i].tobytes() for i in range(len(b["label"]))
+                    ]
+                    mine[epoch] += rows
+                seen[epoch] += mine[epoch]
+            per_process.append(mine)
+        epochs[name] = seen
+        if name == "two":
+            assert all(len(m[0]) == 8 for m in per_process)
+            assert not set(per_process[0][0]) & set(per_process[1][0])
+    for epoch in range(2):
+        assert len(set(epochs["two"][epoch])) == 16
+        assert sorted(epochs["two"][epoch]) == sorted(epochs["single"][epoch])
+    assert set(epochs["single"][0]) != set(epochs["single"][1])  # new draws every epoch
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_eval_visits_each_example_exactly_once(processes):
     cfg = _cfg()
