@@ -309,3 +309,23 @@ def test_worker_processes_die_with_a_killed_trainer(tmp_path):
     proc.wait()
     _, alive = psutil.wait_procs(children, timeout=20)
     assert not alive, [p.cmdline()[:3] for p in alive]
+
+
+@pytest.mark.slow
+def test_a_lost_input_worker_ends_the_run_with_one_line(tmp_path):
+    proc = subprocess.Popen(
+        _command(tmp_path, "--config.data.num_workers=2", "--config.checkpoint_every=5"),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_steps(proc, tmp_path)
+    workers = [p for p in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+    assert len(workers) == 2
+    workers[0].kill()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    lines = [line for line in err.splitlines() if not line.startswith(("train:", "compil", "starting"))]
+    assert len(lines) == 1 and lines[0].startswith("error: the input pipeline failed before step "), err
+    assert "re-run the same command to resume" in lines[0] and "is kept in" in lines[0]

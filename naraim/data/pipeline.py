@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -39,6 +40,7 @@ from naraim.data.transforms import Transform, apply_transforms, make_transform, 
 from naraim.errors import UserError
 
 log = logging.getLogger("naraim.data")
+_QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
 _skipped: dict[str, str] = {}  # name -> reason, of the unusable examples this process met
 
 
@@ -215,6 +217,10 @@ def _in_parallel(
     if int(data_cfg.num_workers) > 0:
         if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags (defaults are fine)
             flags.FLAGS.mark_as_parsed()
+        # multiprocessing's resource tracker (started with the workers, with this process's -W options)
+        # would warn at exit about the shared memory of a worker that died, which it then frees itself
+        if _QUIET_TRACKER not in sys.warnoptions:
+            sys.warnoptions.append(_QUIET_TRACKER)
         options = grain.MultiprocessingOptions(
             num_workers=int(data_cfg.num_workers),
             per_worker_buffer_size=max(1, int(data_cfg.prefetch_batches)),
