@@ -87,6 +87,43 @@ def test_weight_decay_on_every_parameter_or_on_kernels():
     }
 
 
+def test_lars_is_you_et_al_with_momentum_and_weight_decay_on_kernels():
+    """optim.optimizer='lars' (DARL's linear evaluation): per parameter u = g + wd w (kernels only), scaled
+    by the trust ratio 0.001 ||w|| / ||u||, by -lr, then heavy-ball momentum; written out in numpy."""
+    cfg = ConfigDict(
+        dict(
+            optimizer="lars",
+            schedule="constant",
+            lr=0.1,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.01,
+            decay="kernels",
+            clip_norm=0.0,
+            end_lr=0.0,
+        )
+    )
+    opt, _ = make_optimizer(cfg, 10)
+    rng = np.random.default_rng(0)
+    params = {"dense": {"kernel": rng.normal(size=(3, 2)), "bias": rng.normal(size=2)}}
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    expected = jax.tree.map(np.asarray, params)
+    state, momentum = opt.init(params), jax.tree.map(np.zeros_like, expected)
+    for _ in range(2):
+        grads = {"dense": {"kernel": rng.normal(size=(3, 2)), "bias": rng.normal(size=2)}}
+        updates, state = opt.update(jax.tree.map(jnp.asarray, grads), state, params)
+        params = optax.apply_updates(params, updates)
+        for name in ("kernel", "bias"):
+            w, g = expected["dense"][name], grads["dense"][name]
+            u = g + (0.01 * w if name == "kernel" else 0.0)
+            u = u * 0.001 * np.linalg.norm(w) / np.linalg.norm(u)
+            momentum["dense"][name] = -0.1 * u + 0.9 * momentum["dense"][name]
+            expected["dense"][name] = w + momentum["dense"][name]
+    for name in ("kernel", "bias"):
+        np.testing.assert_allclose(params["dense"][name], expected["dense"][name], rtol=1e-5, err_msg=name)
+
+
 def _batch(b=2, n=8, k=12):
     rng = np.random.default_rng(0)
     coords = np.stack(np.divmod(np.arange(n), 4), -1)
