@@ -97,6 +97,25 @@ def test_a_key_added_since_the_run_was_written_is_allowed_and_recorded(tmp_path)
 
 
 @pytest.mark.slow
+def test_a_scaled_smoke_run_can_be_extended(tmp_path, capsys):
+    """A short run scales optim.warmup_steps and cooldown_steps down to fit; extending it rescales them
+    for the new total_steps (part of the allowed total_steps change), while an explicitly changed warmup
+    is still refused."""
+    schedule = {"optim.warmup_steps": 80, "optim.cooldown_steps": 80, "eval_every": 100}
+    train(tiny(4, **schedule), str(tmp_path))
+    saved = json.loads((tmp_path / "config.json").read_text())["optim"]
+    assert (saved["warmup_steps"], saved["cooldown_steps"]) == (1, 1)
+    explicit = {**schedule, "optim.warmup_steps": 2, "optim.cooldown_steps": 2}  # fits: not scaled
+    with pytest.raises(UserError, match=r"optim.cooldown_steps: 1 -> 2; optim.warmup_steps: 1 -> 2"):
+        train(tiny(12, **explicit), str(tmp_path))
+    summary = train(tiny(12, **schedule), str(tmp_path))
+    assert summary["step"] == 12 and "resuming from step 4" in capsys.readouterr().err
+    entry = [json.loads(line) for line in open(tmp_path / "config_history.jsonl")][-1]
+    assert entry["changes"]["optim.warmup_steps"] == {"old": 1, "new": 3} and not entry["forced"]
+    assert json.loads((tmp_path / "config.json").read_text())["optim"]["cooldown_steps"] == 3
+
+
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_falls_back_to_the_intact_one_with_one_line(tmp_path):
     args = ["--config.eval_every=2", "--config.eval.num_examples=8", "--config.checkpoint_every=2"]
     subprocess.run(_command(tmp_path, *args, "--config.total_steps=4"), cwd=ROOT, check=True, timeout=300)

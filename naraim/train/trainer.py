@@ -23,7 +23,7 @@ from naraim.train.mesh import global_batch, make_mesh
 from naraim.train.metrics_log import MetricsLogger
 from naraim.train.optimizer import make_optimizer
 from naraim.train.step import init_state, make_train_step
-from naraim.workdir import WorkdirLock, check_resume_config
+from naraim.workdir import CONFIG_FILE, MUTABLE_KEYS, WorkdirLock, check_resume_config, read_json
 
 
 class TrainingDiverged(UserError):
@@ -43,16 +43,34 @@ def train(cfg: ConfigDict, workdir: str, force_config_change: bool = False) -> d
     must have the same config but for naraim.workdir.MUTABLE_KEYS (or force_config_change: recorded).
     Returns {'step', 'train_loss' (mean over the last logging window), 'val_loss' (last evaluation, if any)}.
     """
+    requested = cfg.copy_and_resolve_references()
     if note := fit_schedule(cfg):
         say(note)
     validate_pretrain_config(cfg)
     with WorkdirLock(workdir), stop_signals():
-        return _Run(cfg, workdir, force_config_change).run()
+        return _Run(cfg, workdir, force_config_change, _refitted_keys(workdir, requested)).run()
+
+
+def _refitted_keys(workdir: str, requested: ConfigDict) -> tuple[str, ...]:
+    """The schedule keys a resume may change with total_steps: when the saved run's warmup and cooldown are
+    what fit_schedule made of the requested ones at the saved total_steps (a scaled smoke run, extended),
+    scaling them for the new total is part of the total_steps change, not a change of the recipe."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return ()
+    saved = read_json(path, "the run's config")
+    at_saved = requested.copy_and_resolve_references()
+    at_saved.total_steps = saved.get("total_steps", at_saved.total_steps)
+    fit_schedule(at_saved)
+    keys = ("warmup_steps", "cooldown_steps")
+    same = all(saved.get("optim", {}).get(k) == at_saved.optim[k] for k in keys)
+    return tuple(f"optim.{k}" for k in keys) if same else ()
 
 
 class _Run:
-    def __init__(self, cfg: ConfigDict, workdir: str, force_config_change: bool):
+    def __init__(self, cfg: ConfigDict, workdir: str, force_config_change: bool, refitted: tuple[str, ...]):
         self.cfg, self.workdir, self.force = cfg, workdir, force_config_change
+        self.mutable = MUTABLE_KEYS + refitted
         self.mesh = make_mesh()
         self.model = make_model(cfg.model)
         self.optimizer, self.schedule = make_optimizer(cfg.optim, cfg.total_steps)
@@ -63,7 +81,7 @@ class _Run:
         """(step, state, iterator state or None): resumed from the newest intact checkpoint, else fresh."""
         latest = self.checkpointer.latest_step()
         if latest is not None:  # a run to continue: it must be the same run
-            check_resume_config(self.workdir, self.cfg, latest, force=self.force)
+            check_resume_config(self.workdir, self.cfg, latest, self.mutable, force=self.force)
         restored = self.checkpointer.restore_newest_intact(abstract_like(state), log=say)
         if restored is None:
             say(f"starting a new run in {self.workdir}")
