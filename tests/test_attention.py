@@ -122,21 +122,22 @@ def test_padding_content_and_budget_do_not_change_real_outputs(run, mode):
         np.testing.assert_allclose(out[:, :12], ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("posemb", ["fractional", "learned", "rope_1d", "rope_2d"])
 def test_padding_invariance_holds_for_every_posemb(posemb):
     vit = make_backbone(dict(variant=f"Pico/{P}", posemb=posemb))
     b16, b32 = image_batch(3, 4, 16), image_batch(3, 4, 32, pad_value=200)
-    params = vit.init(jax.random.key(0), b16["patches"], b16["coords"], b16["grid"], b16["length"])
+    params = jax.jit(vit.init)(jax.random.key(0), b16["patches"], b16["coords"], b16["grid"], b16["length"])
+
+    @jax.jit
+    def apply(patches, coords, grid, length):
+        return vit.apply(params, patches, coords, grid, length, prefix_length=jnp.array([4, 4]))[0]
 
     def encode(b):
-        inputs = (b[k] for k in ("patches", "coords", "grid", "length"))
-        return np.asarray(vit.apply(params, *inputs, prefix_length=jnp.array([4, 4]))[0])
+        return np.asarray(apply(*(b[k] for k in ("patches", "coords", "grid", "length"))))
 
     np.testing.assert_allclose(encode(b32)[:, :12], encode(b16)[:, :12], atol=1e-5, rtol=0)
 
 
-@pytest.mark.slow
 def test_dot_product_attention_matches_jax_softmax_attention():
     q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 3, 7, 8))  # [B=2, H=3, N=7, Dh=8] each
     mask = attention_mask(jnp.array([7, 4]), 7, "prefix_causal", jnp.array([3, 2]))
@@ -146,9 +147,9 @@ def test_dot_product_attention_matches_jax_softmax_attention():
         return t(jax.nn.dot_product_attention(t(q), t(k), t(v), mask=mask, implementation="xla"))
 
     ours = lambda q, k, v: dot_product_attention(q, k, v, mask)  # noqa: E731
-    np.testing.assert_allclose(ours(q, k, v), reference(q, k, v), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(ours)(q, k, v), jax.jit(reference)(q, k, v), rtol=1e-5, atol=1e-6)
     loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)))  # noqa: E731
-    grads = jax.grad(loss(ours), (0, 1, 2))(q, k, v)
-    expected = jax.grad(loss(reference), (0, 1, 2))(q, k, v)
+    grads = jax.jit(jax.grad(loss(ours), (0, 1, 2)))(q, k, v)
+    expected = jax.jit(jax.grad(loss(reference), (0, 1, 2)))(q, k, v)
     for g, e in zip(grads, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)

@@ -72,6 +72,7 @@ def test_an_unknown_flag_is_one_line(script):
     assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
 
 
+@pytest.mark.slow
 def test_helpfull_and_a_config_given_to_help():
     r = run("pretrain.py", "--helpfull")
     assert r.returncode == 0 and "--workdir" in r.stdout
@@ -99,6 +100,7 @@ def test_misspelt_keys_get_one_line_with_a_suggestion(override, expected):
     assert error_lines(r.stderr) == [f"error: {expected}"]
 
 
+@pytest.mark.slow
 def test_probe_says_which_model_keys_may_be_overridden():
     r = run(
         "probe.py", "--config=configs/probe.py", "--workdir=/tmp/naraim_unused", "--config.model.variant=B/16"
@@ -108,6 +110,7 @@ def test_probe_says_which_model_keys_may_be_overridden():
     assert "'model.variant' may not be overridden here" in line and "model.dtype" in line
 
 
+@pytest.mark.slow
 def test_a_missing_config_file_is_named_without_the_variant():
     r = run("pretrain.py", "--config=configs/dmeo.py:naraim", "--workdir=/tmp/naraim_unused")
     assert r.returncode == 1

@@ -38,6 +38,7 @@ def test_runs_with_different_bins_are_a_user_error(tmp_path):
         load_runs([a, b])
 
 
+@pytest.mark.slow
 def test_script_prints_table_and_draws_chart(tmp_path):
     a = _run(tmp_path, "a", [1, 0], [0.5, 2.0])
     b = _run(tmp_path, "b", [1, 1], [0.5, 2.0])
@@ -49,6 +50,7 @@ def test_script_prints_table_and_draws_chart(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_script_missing_run_exits_with_one_line(tmp_path):
     proc = subprocess.run([sys.executable, SCRIPT, str(tmp_path / "nope")], capture_output=True, text=True)
     assert proc.returncode == 1

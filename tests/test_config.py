@@ -127,6 +127,7 @@ def test_cli_unknown_key_and_bad_value_end_with_one_line(tmp_path):
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
+@pytest.mark.slow
 def test_cli_missing_datasets_end_with_one_line(tmp_path):
     for overrides, needle in [
         ([f"--config.data.source=folder:{tmp_path / 'nope'}"], "does not exist"),

@@ -32,6 +32,7 @@ def _probe(mode: str) -> tuple[str, int]:
     return out[0], int(out[1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's mallopt")
 def test_freed_blocks_stay_mapped_on_the_cpu_backend():
     applied, faults = _probe("on")
@@ -41,6 +42,7 @@ def test_freed_blocks_stay_mapped_on_the_cpu_backend():
     assert applied == "False" and faults > 10000  # without it every allocation maps fresh pages
 
 
+@pytest.mark.slow
 def test_not_applied_when_an_accelerator_is_asked_for():
     check = "from naraim.host_memory import runs_on_cpu_only; print(runs_on_cpu_only())"
     for platforms, expected in (("cuda", "False"), ("cpu", "True")):

@@ -148,6 +148,7 @@ def _build_tiny_tfds(data_dir):
     NaraimTinyImages(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
 
 
+@pytest.mark.slow
 def test_tfds_source_reads_a_locally_built_dataset(tmp_path):
     _build_tiny_tfds(tmp_path)
     cfg = _cfg("tfds:naraim_tiny_images", tfds_data_dir=str(tmp_path), image_size=28, max_tokens=16)
@@ -212,6 +213,7 @@ def test_prepare_data_writes_pre_resized_shards_the_pipeline_reads(tmp_path, cap
         open_source(_cfg(f"arrayrecord:{tmp_path}/none-*.array_record"), "train")
 
 
+@pytest.mark.slow
 def test_prepare_data_script_reports_a_missing_folder_in_one_line(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_data.py"
     args = [
