@@ -23,7 +23,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -50,24 +49,33 @@ TINY = [
 
 
 PEAK_BYTES = [0]  # the largest peak resident memory of a waited-for script in the current fault
+# Runs the script given as its first argument and writes its /proc VmHWM line (peak resident memory since
+# exec) to $NARAIM_PEAK_FILE at exit.
+PEAK_WRAPPER = (
+    "import atexit, os, runpy, sys\n"
+    "def peak():\n"
+    "    line = next(x for x in open('/proc/self/status') if x.startswith('VmHWM'))\n"
+    "    open(os.environ['NARAIM_PEAK_FILE'], 'w').write(line)\n"
+    "atexit.register(peak)\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
 
 
 def script(name: str, *args: str, wait: bool = True, timeout: int = 300):
     """Runs scripts/NAME; with `wait`, a CompletedProcess (text output) and its peak memory in PEAK_BYTES."""
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", name), *args]
+    path = os.path.join(ROOT, "scripts", name)
     if not wait:
+        cmd = [sys.executable, path, *args]
         return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, text=True)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        PEAK_BYTES[0] = max(PEAK_BYTES[0], usage.ru_maxrss * 1024)
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+    with tempfile.NamedTemporaryFile("r") as peak:
+        env = dict(os.environ, NARAIM_PEAK_FILE=peak.name)
+        cmd = [sys.executable, "-c", PEAK_WRAPPER, path, *args]
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+        line = peak.read().split()
+    if line:
+        PEAK_BYTES[0] = max(PEAK_BYTES[0], int(line[1]) * 1024)
+    return result
 
 
 def pretrain(workdir: str, steps: int, *extra: str, wait: bool = True):
