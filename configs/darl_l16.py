@@ -32,6 +32,7 @@ def _diffusion(cfg):
     cfg.data.source = "tfds:imagenet2012"
     cfg.data.image_size = 224
     cfg.data.ordering = "raster"
+    cfg.data.jpeg_draft = False
     square_aim_data(cfg)
     cfg.loss.norm_pix = True
     cfg.loss.objective = "diffusion"

@@ -20,7 +20,10 @@ architecture (model.*) and the data recipe (data.*) are read from that run's con
   darl_linear   DARL's linear evaluation (Appendix B): causal attention, BatchNorm + linear on mean-pooled
                 tokens, LARS lr 0.1, label smoothing 0.1, no weight decay, cosine; add sweep's blocks to
                 find the best block.
-  darl_finetune DARL's fine-tuning (Table 8): finetune + RandAugment(9, 0.5), mixup 0.8, CutMix 1.0.
+  darl_finetune DARL's fine-tuning of ViT-L for its ablations (Table 8, 50 epochs): finetune +
+                RandAugment(9, 0.5), mixup 0.8, CutMix 1.0, batch 4096, 5 warm-up epochs, lr 1e-3, no drop
+                path (ImageNet-1k: 312.8 steps per epoch).
+  darl_finetune_long  its extended ViT-L schedule (Table 8, 90 epochs): darl_finetune with drop path 0.1.
   small         sized for configs/small.py pre-trainings on a 2-core CPU (scripts/study.py): features cached
                 once (evaluation transforms), every block and the mean of the last blocks at 2 learning
                 rates selected on a 10% minival split, 400 steps of batch 128; combine with linear or knn.
@@ -36,7 +39,19 @@ from ml_collections import ConfigDict, config_dict
 from naraim.errors import UserError
 from naraim.probe.config import default_data_overrides
 
-VARIANTS = ("naraim", "sweep", "knn", "finetune", "linear", "darl_linear", "darl_finetune", "small", "demo")
+VARIANTS = (
+    "naraim",
+    "sweep",
+    "knn",
+    "finetune",
+    "linear",
+    "darl_linear",
+    "darl_finetune",
+    "darl_finetune_long",
+    "small",
+    "demo",
+)
+IMAGENET_TRAIN = 1_281_167  # images in ImageNet-1k's training split (epochs -> steps)
 
 
 def get_config(variants: str = "") -> ConfigDict:
@@ -68,6 +83,7 @@ def get_config(variants: str = "") -> ConfigDict:
     c.model.dtype = config_dict.placeholder(str)
     c.model.remat = config_dict.placeholder(str)
     c.model.attention_impl = config_dict.placeholder(str)
+    c.model.drop_path = config_dict.placeholder(float)  # fine-tuning's stochastic depth (None: 0)
 
     c.eval = ConfigDict()
     c.eval.split = config_dict.placeholder(str)  # None: data.val_split
@@ -127,14 +143,22 @@ def get_config(variants: str = "") -> ConfigDict:
         c.probe.blocks = "all,mean"
         c.probe.minival_fraction = 0.1
         c.train_transforms = "eval"
+    if "darl_finetune_long" in names:
+        names.append("darl_finetune")
     if "finetune" in names or "darl_finetune" in names:
         c.protocol = "finetune"
         c.optim.b2 = 0.95
         c.optim.weight_decay = 0.05
     if "darl_finetune" in names:
+        epochs = 90 if "darl_finetune_long" in names else 50
         c.finetune.mixup_alpha = 0.8
         c.finetune.cutmix_alpha = 1.0
         c.data.transforms = ("random_resized_crop", "horizontal_flip", "rand_augment")
+        c.batch_size = 4096
+        c.total_steps = epochs * IMAGENET_TRAIN // c.batch_size
+        c.optim.warmup_steps = 5 * IMAGENET_TRAIN // c.batch_size
+        c.optim.lr = 1e-3
+        c.model.drop_path = 0.1 if epochs == 90 else 0.0
     if "linear" in names or "darl_linear" in names:
         c.protocol = "linear"
         c.probe.blocks = "-1" if "sweep" not in names else c.probe.blocks
@@ -144,8 +168,8 @@ def get_config(variants: str = "") -> ConfigDict:
         c.optim.optimizer = "lars"
         c.optim.lr = 0.1
         c.optim.b1 = 0.9  # LARS momentum
-        c.optim.warmup_steps = 10 * 1_281_167 // 16_384
-        c.total_steps = 90 * 1_281_167 // 16_384
+        c.optim.warmup_steps = 10 * IMAGENET_TRAIN // 16_384
+        c.total_steps = 90 * IMAGENET_TRAIN // 16_384
         c.batch_size = 16_384
         c.probe.label_smoothing = 0.1
     if "small" in names:

@@ -46,10 +46,16 @@ def prefix_lengths(length: np.ndarray, prefix_fraction: float) -> np.ndarray:
     return np.clip(np.floor(prefix_fraction * length), 1, length).astype(np.int32)
 
 
-def to_uint8(pred: jax.Array, original: jax.Array, norm_pix: bool, raw_scale: str = "symmetric") -> jax.Array:
+def to_uint8(
+    pred: jax.Array,
+    original: jax.Array,
+    norm_pix: bool,
+    raw_scale: str = "symmetric",
+    pixel_scale: str = "unit",
+) -> jax.Array:
     """Predictions in target units [..., K] -> uint8 pixels. norm_pix models are un-normalized with the
     original patch's own mean and std (the convention of the reconstructions plot)."""
-    pixels = unnormalize(pred, original, norm_pix, raw_scale)
+    pixels = unnormalize(pred, original, norm_pix, raw_scale, pixel_scale)
     return jnp.clip(jnp.round(pixels * 255.0), 0, 255).astype(jnp.uint8)
 
 
@@ -64,6 +70,7 @@ def make_complete_fn(model: nn.Module, cfg: ConfigDict, num_steps: int = 50) -> 
         raise UserError("generation needs a causal model: this run used model.attention='bidirectional'")
     objective = cfg.loss.get("objective", "mse")
     norm_pix, raw_scale = bool(cfg.loss.norm_pix), cfg.loss.get("raw_scale", "symmetric")
+    pixel_scale = cfg.loss.get("target_pixel_scale", "unit")
     if objective == "diffusion":
         diffusion_cfg = cfg.loss.diffusion
         head = make_head(model.config)
@@ -97,7 +104,7 @@ def make_complete_fn(model: nn.Module, cfg: ConfigDict, num_steps: int = 50) -> 
         def body(j, patches):
             inputs = dict(batch, patches=patches)
             out = model.apply({"params": params}, inputs, prefix_length=prefix, head_inputs=head_inputs)
-            new = to_uint8(sample_patch(out, j), original[:, j], norm_pix, raw_scale)
+            new = to_uint8(sample_patch(out, j), original[:, j], norm_pix, raw_scale, pixel_scale)
             return patches.at[:, j].set(jnp.where(keep[:, j, None], patches[:, j], new))
 
         start = jnp.maximum(jnp.min(prefix_length), 1)

@@ -13,7 +13,8 @@ from PIL import Image
 from naraim.data import augment
 from naraim.data import transforms as T
 from naraim.model.model import make_model
-from naraim.model.vit import make_backbone, normalize_pixels
+from naraim.model.pixels import scale_pixels
+from naraim.model.vit import make_backbone
 from naraim.objectives.mse import loss_weights, per_patch_error
 from naraim.train.evaluation import reference_prefixes
 from naraim.train.optimizer import decay_mask, make_optimizer
@@ -154,8 +155,8 @@ def test_float32_residual_stream_under_bfloat16_compute():
 
 def test_unit_pixel_scale_is_pixels_over_255():
     patches = jnp.asarray([[[0, 51, 255, 255, 0, 0]]], jnp.uint8)
-    np.testing.assert_allclose(normalize_pixels(patches, "unit"), [[[0, 0.2, 1, 1, 0, 0]]], atol=1e-7)
-    imagenet = normalize_pixels(patches, "imagenet")
+    np.testing.assert_allclose(scale_pixels(patches, "unit"), [[[0, 0.2, 1, 1, 0, 0]]], atol=1e-7)
+    imagenet = scale_pixels(patches, "imagenet")
     np.testing.assert_allclose(
         imagenet[0, 0, :3], [(0 - 0.485) / 0.229, (0.2 - 0.456) / 0.224, (1 - 0.406) / 0.225], rtol=1e-5
     )

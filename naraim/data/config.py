@@ -6,7 +6,7 @@ import os
 import ml_collections
 
 from naraim.data import orderings, synthetic
-from naraim.data.transforms import NATIVE_CROPS, NATIVE_GRIDS, RESAMPLES, TRANSFORM_NAMES
+from naraim.data.transforms import CROP_CHOICES, NATIVE_CROPS, NATIVE_GRIDS, RESAMPLES, TRANSFORM_NAMES
 from naraim.errors import UserError
 
 # Transforms whose output sides are multiples of the patch size.
@@ -39,6 +39,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     # random_crop_native / random_resized_crop: area fraction and width/height ranges (NARAIM and AIM).
     cfg.crop_scale = (0.4, 1.0)
     cfg.crop_ratio = (3 / 4, 4 / 3)  # width/height range of the crops (log-uniform)
+    # of the 10 (area, ratio) draws, the crop kept: the 'first' that fits (torchvision) | the 'last' (the
+    # NARAIM reference's RandomCrop and RandomResizedCrop)
+    cfg.crop_choice = "first"
     cfg.horizontal_flip_prob = 0.5  # horizontal_flip: probability of a mirror
     # Resampling of every resize: 'box_bilinear' (BOX shrinking, BILINEAR enlarging) | 'bicubic' (the papers')
     cfg.resample = "box_bilinear"
@@ -146,6 +149,7 @@ def validate_data_config(cfg: ml_collections.ConfigDict, patch_size: int) -> Non
     if not 0 < lo <= hi:
         raise UserError(f"data.crop_ratio={tuple(cfg.crop_ratio)} must satisfy 0 < lo <= hi")
     for key, allowed in (
+        ("crop_choice", CROP_CHOICES),
         ("resample", RESAMPLES),
         ("native_grid", NATIVE_GRIDS),
         ("native_crop", NATIVE_CROPS),

@@ -173,6 +173,7 @@ def make_loader(
             max_tokens=n,
             crop_scale=data_cfg.crop_scale,
             crop_ratio=data_cfg.crop_ratio,
+            crop_choice=data_cfg.crop_choice,
             flip_prob=float(data_cfg.horizontal_flip_prob),
             resample=data_cfg.resample,
             native_grid=data_cfg.native_grid,

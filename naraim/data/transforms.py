@@ -166,12 +166,26 @@ def fit_to_token_budget(
     return _resize_box(image, (rows * patch_size, cols * patch_size), box, resample)
 
 
+CROP_CHOICES = ("first", "last")
+
+
 def _sample_crop(
-    h: int, w: int, rng: np.random.Generator, scale: Sequence[float], ratio: Sequence[float], min_pixels: int
+    h: int,
+    w: int,
+    rng: np.random.Generator,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    min_pixels: int,
+    choice: str = "first",
 ) -> tuple[int, int, int, int] | None:
-    """RandomResizedCrop's sampling: (y0, x0, ch, cw) of a crop with >= min_pixels pixels, or None."""
+    """RandomResizedCrop's sampling: (y0, x0, ch, cw) of a crop with >= min_pixels pixels, or None.
+
+    Up to 10 (area, aspect) draws; choice 'first' keeps the first that fits (torchvision), 'last' makes all
+    10 draws and keeps the last that fits (the NARAIM reference's RandomCrop and RandomResizedCrop, which
+    cannot leave their loop early in graph mode)."""
     area = h * w
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    kept = None
     for _ in range(10):
         target = area * rng.uniform(scale[0], scale[1])
         r = math.exp(rng.uniform(log_lo, log_hi))
@@ -179,8 +193,10 @@ def _sample_crop(
         if 0 < cw <= w and 0 < ch <= h and cw * ch >= min_pixels:
             y0 = int(rng.integers(0, h - ch + 1))
             x0 = int(rng.integers(0, w - cw + 1))
-            return y0, x0, ch, cw
-    return None
+            kept = (y0, x0, ch, cw)
+            if choice == "first":
+                return kept
+    return kept
 
 
 def random_crop_native(
@@ -190,10 +206,12 @@ def random_crop_native(
     image_size: int,
     scale: Sequence[float] = (0.4, 1.0),
     ratio: Sequence[float] = (3 / 4, 4 / 3),
+    choice: str = "first",
 ) -> Image.Image:
-    """NARAIM's crop at native aspect ratio; the whole image when no crop keeps image_size**2 pixels."""
+    """NARAIM's crop at native aspect ratio; the whole image when no crop keeps image_size**2 pixels.
+    choice: which fitting draw is kept ('first' | 'last', see _sample_crop)."""
     w, h = image.size
-    crop = _sample_crop(h, w, rng, scale, ratio, image_size * image_size)
+    crop = _sample_crop(h, w, rng, scale, ratio, image_size * image_size, choice)
     if crop is None:
         return image
     y0, x0, ch, cw = crop
@@ -208,10 +226,12 @@ def random_resized_crop(
     scale: Sequence[float] = (0.4, 1.0),
     ratio: Sequence[float] = (3 / 4, 4 / 3),
     resample: str = "box_bilinear",
+    choice: str = "first",
 ) -> Image.Image:
-    """AIM training crop squashed to image_size x image_size (torchvision's RandomResizedCrop)."""
+    """AIM training crop squashed to image_size x image_size (torchvision's RandomResizedCrop).
+    choice: which fitting draw is kept ('first' | 'last', see _sample_crop)."""
     w, h = image.size
-    crop = _sample_crop(h, w, rng, scale, ratio, 1)
+    crop = _sample_crop(h, w, rng, scale, ratio, 1, choice)
     if crop is None:  # central crop with the aspect ratio clamped into `ratio`
         r = min(max(w / h, ratio[0]), ratio[1])
         cw, ch = (w, w / r) if w / h < r else (h * r, h)
@@ -247,6 +267,7 @@ def make_transform(
     max_tokens: int,
     crop_scale: Sequence[float] = (0.4, 1.0),
     crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+    crop_choice: str = "first",
     flip_prob: float = 0.5,
     resample: str = "box_bilinear",
     native_grid: str = "exact",
@@ -272,10 +293,10 @@ def make_transform(
             fit_to_token_budget, patch_size=patch_size, max_tokens=max_tokens, **sizing
         ),
         "random_crop_native": functools.partial(
-            random_crop_native, image_size=image_size, scale=scale, ratio=ratio
+            random_crop_native, image_size=image_size, scale=scale, ratio=ratio, choice=crop_choice
         ),
         "random_resized_crop": functools.partial(
-            random_resized_crop, image_size=image_size, scale=scale, ratio=ratio, **sizing
+            random_resized_crop, image_size=image_size, scale=scale, ratio=ratio, choice=crop_choice, **sizing
         ),
         "resize_shorter_center_crop": functools.partial(
             resize_shorter_center_crop, image_size=image_size, **sizing

@@ -86,7 +86,7 @@ class SelfAttention(nn.Module):
         head_dim = width // self.heads
         projection = dict(use_bias=self.use_bias, weight_init=self.weight_init)
         qkv_kernel, qkv_bias = _ProjectionParams(
-            (width, 3, self.heads, head_dim), 1, **projection, name="qkv"
+            (width, 3, self.heads, head_dim), 1, **projection, separate_axis=1, name="qkv"
         )()
         out_kernel, out_bias = _ProjectionParams((self.heads, head_dim, width), 2, **projection, name="out")()
         x, qkv_kernel, out_kernel = nn.dtypes.promote_dtype(x, qkv_kernel, out_kernel, dtype=self.dtype)
@@ -120,10 +120,11 @@ class _ProjectionParams(nn.Module):
     fan_in_axes: int
     use_bias: bool = True
     weight_init: str = "lecun"
+    separate_axis: int | None = None  # the q/k/v axis of a fused kernel (weight_init 'xavier_separate_qkv')
 
     @nn.compact
     def __call__(self) -> tuple[jax.Array, jax.Array | None]:
-        init = dense_kernel_init(self.weight_init, self.fan_in_axes)
+        init = dense_kernel_init(self.weight_init, self.fan_in_axes, self.separate_axis)
         kernel = self.param("kernel", init, self.kernel_shape, jnp.float32)
         if not self.use_bias:
             return kernel, None

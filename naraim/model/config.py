@@ -8,9 +8,9 @@ from naraim.model import posemb, sizes
 from naraim.model.attention import ATTENTION_MODES
 from naraim.model.init import INITS
 from naraim.model.mlp import GELUS
+from naraim.model.pixels import PIXEL_SCALES
 
 DTYPES = ("float32", "bfloat16")
-PIXEL_SCALES = ("imagenet", "unit")
 HEADS = ("linear", "mlp", "denoising")  # pre-training heads (naraim.model.model.make_head)
 # Rematerialisation policies by name (attributes of jax.checkpoint_policies that take no arguments).
 REMAT_POLICIES = (
@@ -48,7 +48,15 @@ def default_model_config() -> ml_collections.ConfigDict:
     c.use_bias = True  # biases in the blocks' attention and MLP layers (AIM's trunk has none)
     c.gelu = "tanh"  # 'tanh' approximation (flax's default) | 'exact' erf GELU (AIM, torch's default)
     c.norm_eps = 1e-6  # LayerNorm epsilon of the backbone and the mlp head (AIMv1 training: 1e-5)
-    c.weight_init = "lecun"  # kernels: 'lecun' normal (flax's default) | 'xavier' uniform (MAE, AIM, DARL)
+    # kernels: 'lecun' normal (flax's default) | 'xavier' uniform (MAE, DARL: the fused q/k/v kernel as one
+    # D x 3D matrix) | 'xavier_separate_qkv' (l3m's AIMv1: q, k and v each as a D x D matrix)
+    c.weight_init = "lecun"
+    # fractional posemb: row / rows ('count', NaViT) | row / (rows - 1) ('max_index', the NARAIM reference;
+    # 0 on a one-row grid, where the reference gives NaN)
+    c.fractional_scale = "count"
+    # stochastic depth of fine-tuning (configs/probe.py; rising linearly to this rate at the last block); 0:
+    # off. Pre-training keeps it 0; it needs model.scan False
+    c.drop_path = 0.0
     # denoising head (DARL): transformer blocks over [feature, noisy patch]; width/heads 0 = the backbone's
     c.denoiser = ml_collections.ConfigDict(dict(depth=1, width=0, heads=0, mlp_ratio=4.0))
     c.remat = ""  # '' = off, else a policy name in REMAT_POLICIES
@@ -121,6 +129,13 @@ def validate_model_config(cfg, patch_size: int, max_tokens: int) -> None:
         _fail("gelu", cfg.gelu, GELUS)
     if cfg.weight_init not in INITS:
         _fail("weight_init", cfg.weight_init, INITS)
+    if not 0 <= float(cfg.drop_path) < 1 or (cfg.drop_path and cfg.scan):
+        raise UserError(
+            f"model.drop_path={cfg.drop_path} must be in [0, 1), and 0 with model.scan=True (one module per "
+            "block)"
+        )
+    if cfg.fractional_scale not in posemb.FRACTIONAL_SCALES:
+        _fail("fractional_scale", cfg.fractional_scale, posemb.FRACTIONAL_SCALES)
     if not float(cfg.norm_eps) > 0:
         raise UserError(f"model.norm_eps={cfg.norm_eps} must be > 0")
     head_dim = size["width"] // size["heads"]

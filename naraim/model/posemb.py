@@ -38,21 +38,28 @@ def absolute_sincos_2d(coords: jax.Array, dim: int) -> jax.Array:
     )
 
 
-def grid_fractions(coords: jax.Array, grid: jax.Array) -> jax.Array:
-    """Returns float32 [B,N,2]: (row/rows, col/cols) in [0, 1); 0 on an axis of side 1."""
-    sides = jnp.maximum(grid, 1).astype(jnp.float32)[:, None, :]
+FRACTIONAL_SCALES = ("count", "max_index")
+
+
+def grid_fractions(coords: jax.Array, grid: jax.Array, scale: str = "count") -> jax.Array:
+    """Returns float32 [B,N,2]: (row/rows, col/cols) in [0, 1) ('count'), or (row/(rows-1), col/(cols-1)) in
+    [0, 1] ('max_index', the NARAIM reference's division by the largest index); 0 on an axis of side 1."""
+    offset = 1 if scale == "max_index" else 0
+    sides = jnp.maximum(grid - offset, 1).astype(jnp.float32)[:, None, :]
     return coords.astype(jnp.float32) / sides
 
 
 class Fractional(nn.Module):
-    """NaViT's fractional embedding: phi_row(row/rows) + phi_col(col/cols), phi_* learned Dense(1 -> D)."""
+    """NaViT's fractional embedding: phi_row(row/rows) + phi_col(col/cols), phi_* learned Dense(1 -> D);
+    `scale` 'max_index' divides by rows - 1 and cols - 1 instead (grid_fractions)."""
 
     width: int
+    scale: str = "count"
 
     @nn.compact
     def __call__(self, coords: jax.Array, grid: jax.Array) -> jax.Array:
         """coords int [B,N,2], grid int [B,2] -> float32 [B,N,D]."""
-        frac = grid_fractions(coords, grid)
+        frac = grid_fractions(coords, grid, self.scale)
         row = nn.Dense(self.width, name="row")(frac[..., :1])
         col = nn.Dense(self.width, name="col")(frac[..., 1:])
         return row + col

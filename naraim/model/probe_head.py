@@ -2,8 +2,9 @@
 
 ProbeHead (AIM's, ml-aim): BatchNorm (no scale, no bias; statistics over real tokens only) -> one learned
 query attending to the tokens (multi-head, the query used directly, keys/values without bias, padding keys
-masked) -> [optional MAP: x + MLP(LN(x))] -> linear classifier. With one query, the BatchNorm and the key and
-value projections are applied to [heads, D] vectors instead of every token (the same function).
+masked) -> [optional MAP: x + MLP(LN(x))] -> linear classifier without bias. With one query, the BatchNorm
+and the key and value projections are applied to [heads, D] vectors instead of every token (the same
+function).
 ReferenceProbeHead (the NARAIM reference code's): no BatchNorm; one learned query through flax's
 MultiHeadDotProductAttention (q/k/v/out projections with biases; padding keys masked) -> linear classifier.
 """
@@ -122,7 +123,7 @@ class ProbeHead(nn.Module):
         if self.use_map_mlp:
             y = nn.LayerNorm(epsilon=1e-6, name="map_norm")(pooled)
             pooled = pooled + MlpBlock(4 * dim, name="map_mlp")(y)
-        return nn.Dense(self.num_classes, name="classifier")(pooled)
+        return nn.Dense(self.num_classes, use_bias=False, name="classifier")(pooled)  # ml-aim: no bias
 
 
 class ReferenceProbeHead(nn.Module):

@@ -8,6 +8,7 @@ SIZES: dict[str, dict[str, int]] = {
     "Pico": dict(width=64, depth=2, heads=4, mlp_dim=256),
     "Ti": dict(width=192, depth=12, heads=3, mlp_dim=768),
     "Mi6": dict(width=128, depth=6, heads=4, mlp_dim=512),  # a 6-block width-128 ViT for CPU studies
+    "Mi4": dict(width=128, depth=4, heads=4, mlp_dim=512),  # CPU-sized runs beside the NARAIM reference
     "Ti6": dict(
         width=192, depth=6, heads=3, mlp_dim=768
     ),  # 6-block ViT-Ti: the CPU study recipe (configs/small.py)

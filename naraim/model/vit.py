@@ -10,22 +10,8 @@ from naraim.model.config import remat_policy, resolve_attention_impl, resolve_mo
 from naraim.model.init import dense_kernel_init
 from naraim.model.layernorm import LayerNorm
 from naraim.model.mlp import MlpBlock
+from naraim.model.pixels import scale_pixels
 from naraim.model.sizes import get_size
-
-# ImageNet mean / std of RGB in [0, 1] (pixel_scale 'imagenet').
-PIXEL_MEAN = (0.485, 0.456, 0.406)
-PIXEL_STD = (0.229, 0.224, 0.225)
-
-
-def normalize_pixels(patches: jax.Array, pixel_scale: str = "imagenet") -> jax.Array:
-    """uint8 [B,N,P*P*3] in (row, col, channel) order -> float32 model input: x/255 ('unit', the NARAIM
-    reference) or (x/255 - mean) / std per channel ('imagenet', AIM)."""
-    x = patches.astype(jnp.float32) / 255.0
-    if pixel_scale == "unit":
-        return x
-    x = x.reshape(*patches.shape[:-1], -1, 3)
-    x = (x - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
-    return x.reshape(patches.shape)
 
 
 class Block(nn.Module):
@@ -43,16 +29,24 @@ class Block(nn.Module):
     gelu: str = "tanh"
     norm_eps: float = 1e-6
     weight_init: str = "lecun"
+    drop_path: float = 0.0
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, rope_angles: jax.Array | None):
-        """x [B,N,D], mask bool [B,1,N,N], rope_angles [B,N,Dh/2] or None -> (x, x)."""
+        """x [B,N,D], mask bool [B,1,N,N], rope_angles [B,N,Dh/2] or None -> (x, x).
+
+        drop_path: stochastic depth (when not deterministic, each branch is dropped per example with this
+        probability and scaled by 1/(1 - p) otherwise; needs the 'dropout' rng)."""
         dense = dict(use_bias=self.use_bias, weight_init=self.weight_init)
+        drop = nn.Dropout(self.drop_path, broadcast_dims=(1, 2), deterministic=self.deterministic)
         y = LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="norm1")(x)
         attention = SelfAttention(self.heads, self.dtype, self.attention_impl, **dense, name="attn")
-        x = x + attention(y, mask, rope_angles).astype(x.dtype)
+        x = x + drop(attention(y, mask, rope_angles)).astype(x.dtype)
         y = LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="norm2")(x)
-        x = x + MlpBlock(self.mlp_dim, self.dtype, gelu=self.gelu, **dense, name="mlp")(y).astype(x.dtype)
+        x = x + drop(MlpBlock(self.mlp_dim, self.dtype, gelu=self.gelu, **dense, name="mlp")(y)).astype(
+            x.dtype
+        )
         return x, x
 
 
@@ -86,6 +80,8 @@ class ViT(nn.Module):
     gelu: str = "tanh"
     norm_eps: float = 1e-6
     weight_init: str = "lecun"
+    fractional_scale: str = "count"
+    drop_path: float = 0.0
 
     @nn.compact
     def __call__(
@@ -98,6 +94,7 @@ class ViT(nn.Module):
         attention: str | None = None,
         prefix_length: jax.Array | None = None,
         prepend_sos: bool = False,
+        train: bool = False,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Encodes a batch.
 
@@ -107,6 +104,8 @@ class ViT(nn.Module):
         prepend_sos: the sequence becomes [SOS, x_0, .., x_{N-2}] (the last token is dropped so N stays
           fixed; rotary SOS position = (0, 0), no additive position on SOS). Needs sos_token, which creates
           the learned SOS vector 'sos' [D] whether or not this call prepends it (same params either way).
+        train: stochastic depth on (drop_path > 0: rates rise linearly from 0 at the first block to
+          drop_path at the last; needs the 'dropout' rng); False: deterministic.
         Returns (x [B,N,D] final-LN output, intermediates) with intermediates 'embed' (after patch + position
         embedding), 'block_0'..'block_{L-1}' (block outputs, pre final LN) and 'encoded' (= x), all [B,N,D]
         in the residual dtype.
@@ -119,7 +118,7 @@ class ViT(nn.Module):
         mode = attention or self.attention
         num_tokens = patches.shape[1]
         residual = jnp.dtype(self.residual_dtype or self.dtype)
-        pixels = normalize_pixels(patches, self.pixel_scale)
+        pixels = scale_pixels(patches, self.pixel_scale)
         x = nn.Dense(
             self.width, dtype=self.dtype, kernel_init=dense_kernel_init(self.weight_init), name="embed"
         )(pixels)
@@ -129,7 +128,8 @@ class ViT(nn.Module):
         if self.posemb == "absolute_sincos_2d":
             x = x + posemb.absolute_sincos_2d(coords, self.width).astype(x.dtype)
         elif self.posemb == "fractional":
-            x = x + posemb.Fractional(self.width, name="posemb")(coords, grid).astype(x.dtype)
+            fractional = posemb.Fractional(self.width, self.fractional_scale, name="posemb")
+            x = x + fractional(coords, grid).astype(x.dtype)
         elif self.posemb == "learned":
             x = x + posemb.Learned(self.width, self.learned_posemb_max_side, name="posemb")(coords).astype(
                 x.dtype
@@ -163,6 +163,8 @@ class ViT(nn.Module):
         block_cls = Block
         if self.remat:
             block_cls = nn.remat(Block, policy=remat_policy(self.remat), prevent_cse=not self.scan)
+        if self.drop_path and self.scan:
+            raise ValueError("drop_path needs one module per block: use scan=False")
         if self.scan:
             blocks = nn.scan(
                 block_cls,
@@ -176,7 +178,11 @@ class ViT(nn.Module):
                 intermediates[f"block_{i}"] = stacked[i]
         else:
             for i in range(self.depth):
-                x, _ = block_cls(*block_args, **block_kwargs, name=f"block_{i}")(x, mask, angles)
+                rate = self.drop_path * i / max(self.depth - 1, 1)
+                block = block_cls(
+                    *block_args, **block_kwargs, drop_path=rate, deterministic=not train, name=f"block_{i}"
+                )
+                x, _ = block(x, mask, angles)
                 intermediates[f"block_{i}"] = x
         x = LayerNorm(epsilon=self.norm_eps, dtype=residual, name="encoder_norm")(x)
         intermediates["encoded"] = x
@@ -209,4 +215,6 @@ def make_backbone(model_cfg) -> ViT:
         gelu=cfg.gelu,
         norm_eps=float(cfg.norm_eps),
         weight_init=cfg.weight_init,
+        fractional_scale=cfg.fractional_scale,
+        drop_path=float(cfg.drop_path),
     )

@@ -6,6 +6,7 @@ from typing import Any
 import ml_collections
 
 from naraim.errors import UserError
+from naraim.model.pixels import PIXEL_SCALES
 from naraim.objectives.diffusion import PREDICT_CHOICES
 from naraim.objectives.mse import AVERAGES
 from naraim.objectives.targets import RAW_SCALES
@@ -19,8 +20,12 @@ def default_loss_config() -> ml_collections.ConfigDict:
     cfg.objective = "mse"  # 'mse' | 'diffusion' (DARL; with model.head='denoising')
     cfg.norm_pix = True  # targets: each patch standardised over its pixels; else raw pixels
     cfg.raw_scale = "symmetric"  # raw targets (norm_pix False) in [-1, 1] ('symmetric') or [0, 1] ('unit')
-    cfg.average = "per_patch"  # 'per_patch': one mean over the batch's targets | 'per_image': mean per image,
-    # then over the images (the NARAIM reference)
+    # 'per_patch': one mean over the batch's targets (AIM) | 'per_image': the mean per image, then over the
+    # images | 'fixed_count': summed errors over batch x prediction slots (the NARAIM reference's training)
+    cfg.average = "per_patch"
+    # norm_pix targets: patches of x/255 ('unit', NARAIM) or of the mean/std-standardised image ('imagenet',
+    # l3m's AIMv1)
+    cfg.target_pixel_scale = "unit"
     # DARL: per-patch signal levels g ~ Beta(beta_a, beta_b) (a < b: mostly heavy noise, which DARL finds best
     # for representations), the decoder's target, and whether g is an extra decoder input channel
     cfg.diffusion = ml_collections.ConfigDict(dict(beta_a=1.0, beta_b=3.0, predict="x0", append_gamma=False))
@@ -37,6 +42,16 @@ def validate_loss_config(loss_cfg: Mapping[str, Any], head: str) -> None:
         raise UserError(f"loss.raw_scale={loss_cfg['raw_scale']!r} is not supported: use one of {RAW_SCALES}")
     if loss_cfg["average"] not in AVERAGES:
         raise UserError(f"loss.average={loss_cfg['average']!r} is not supported: use one of {AVERAGES}")
+    if loss_cfg["target_pixel_scale"] not in PIXEL_SCALES:
+        raise UserError(
+            f"loss.target_pixel_scale={loss_cfg['target_pixel_scale']!r} is not supported: use one of "
+            f"{PIXEL_SCALES}"
+        )
+    if loss_cfg["target_pixel_scale"] != "unit" and not loss_cfg["norm_pix"]:
+        raise UserError(
+            "loss.target_pixel_scale applies to normalised-pixel targets: set loss.norm_pix=True or leave "
+            "loss.target_pixel_scale='unit'"
+        )
     if (objective == "diffusion") != (head == "denoising"):
         raise UserError(
             f"loss.objective={objective!r} with model.head={head!r}: the diffusion objective needs "

@@ -137,7 +137,8 @@ def denoising_error(
     """The diffusion objective per patch: float32 [B,N] mean-over-subpixels squared error of the decoder
     output against x_0 (or eps) for targets corrupted with per-patch g ~ Beta(a, b).
     kwargs go to model.apply (attention, prefix_length)."""
-    targets = patch_targets(inputs["patches"], loss_cfg["norm_pix"], loss_cfg["raw_scale"])
+    pixel_scale = loss_cfg.get("target_pixel_scale", "unit")
+    targets = patch_targets(inputs["patches"], loss_cfg["norm_pix"], loss_cfg["raw_scale"], pixel_scale)
     extra, regression_target = corrupt_targets(rng, targets, loss_cfg["diffusion"])
     pred = model.apply({"params": params}, inputs, head_inputs=extra, **kwargs)["pred"]
     return jnp.mean(jnp.square(pred - regression_target), axis=-1)

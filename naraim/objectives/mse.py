@@ -4,7 +4,7 @@ import jax.numpy as jnp
 
 from naraim.objectives.targets import patch_targets
 
-AVERAGES = ("per_image", "per_patch")
+AVERAGES = ("per_image", "per_patch", "fixed_count")
 
 
 def loss_weights(length, first, num_tokens: int):
@@ -18,15 +18,28 @@ def loss_weights(length, first, num_tokens: int):
     return ((j < length[:, None]) & (j >= first[:, None])).astype(jnp.float32)
 
 
-def target_shares(weights, average: str):
-    """float32 [B,N]: each target's share of the batch loss, summing to 1 (0 if no target is weighted).
+def target_shares(weights, average: str, slots: int | None = None):
+    """float32 [B,N]: each target's share of the batch loss (0 for targets not weighted).
 
-    weights [B,N] from loss_weights. 'per_patch': one mean over every weighted target of the batch (long
-    images weigh more); 'per_image': the mean over each image's targets, then the mean over the images that
-    have targets (the NARAIM reference).
+    weights [B,N] from loss_weights.
+    'per_patch': one mean over every weighted target of the batch (long images weigh more; AIM).
+    'per_image': the mean over each image's targets, then the mean over the images that have targets; an
+      image without targets (one patch, or an empty slot) is left out.
+    'fixed_count': every target weighs 1 / (B x slots), `slots` the prediction positions per example (N - 1,
+      N with an SOS token): the batch's summed errors over a count fixed by the batch's shape, prefix and
+      padding positions counting as zeros. The NARAIM reference's jnp.mean over the masked [B, N-1, K]
+      errors until its commit f8d1e65, which trained its Table 1 models.
+    The shares sum to 1 for 'per_patch' and 'per_image' (0 without any target), to the weighted fraction of
+    the slots for 'fixed_count'.
     """
     if average == "per_patch":
         return weights / jnp.maximum(jnp.sum(weights), 1.0)
+    if average == "fixed_count":
+        if slots is None or slots < 1:
+            raise ValueError(
+                f"loss average 'fixed_count' needs the prediction slots per example, got {slots}"
+            )
+        return weights / (weights.shape[0] * slots)
     if average != "per_image":
         raise ValueError(f"unknown loss average {average!r}; expected one of {AVERAGES}")
     per_image = jnp.sum(weights, axis=1, keepdims=True)
@@ -34,15 +47,23 @@ def target_shares(weights, average: str):
     return weights / (jnp.maximum(per_image, 1.0) * images)
 
 
-def per_patch_error(pred, patches, norm_pix: bool, raw_scale: str = "symmetric"):
-    """float32 [B,N]: mean over the K sub-pixels of the squared error between pred [B,N,K] and the target."""
-    target = patch_targets(patches, norm_pix, raw_scale)
+def per_patch_error(pred, patches, norm_pix: bool, raw_scale: str = "symmetric", pixel_scale: str = "unit"):
+    """float32 [B,N]: mean over the K sub-pixels of the squared error between pred [B,N,K] and the target
+    (naraim.objectives.targets.patch_targets)."""
+    target = patch_targets(patches, norm_pix, raw_scale, pixel_scale)
     return jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)
 
 
 def next_patch_loss(
-    pred, patches, weights, norm_pix: bool, raw_scale: str = "symmetric", average: str = "per_patch"
+    pred,
+    patches,
+    weights,
+    norm_pix: bool,
+    raw_scale: str = "symmetric",
+    average: str = "per_patch",
+    slots: int | None = None,
+    pixel_scale: str = "unit",
 ):
-    """Scalar: the per-patch errors averaged by target_shares(weights, average)."""
-    err = per_patch_error(pred, patches, norm_pix, raw_scale)
-    return jnp.sum(err * target_shares(weights, average))
+    """Scalar: the per-patch errors averaged by target_shares(weights, average, slots)."""
+    err = per_patch_error(pred, patches, norm_pix, raw_scale, pixel_scale)
+    return jnp.sum(err * target_shares(weights, average, slots))

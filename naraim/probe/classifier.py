@@ -24,10 +24,15 @@ class Classifier:
     head: nn.Module
     attention: str
 
-    def features(self, backbone_params: dict, batch: dict) -> jax.Array:
-        """The head's input [B,N,D] for a batch (the batch contract's model inputs)."""
+    def features(self, backbone_params: dict, batch: dict, dropout_rng: jax.Array | None = None) -> jax.Array:
+        """The head's input [B,N,D] for a batch (the batch contract's model inputs); with `dropout_rng` the
+        backbone trains (its stochastic depth, model.drop_path, is on)."""
         encoded, _ = self.backbone.apply(
-            {"params": backbone_params}, *(batch[k] for k in MODEL_INPUTS), attention=self.attention
+            {"params": backbone_params},
+            *(batch[k] for k in MODEL_INPUTS),
+            attention=self.attention,
+            train=dropout_rng is not None,
+            rngs=None if dropout_rng is None else {"dropout": dropout_rng},
         )
         return encoded
 

@@ -108,6 +108,11 @@ def validate(cfg: ConfigDict, num_devices: int | None = None) -> None:
             f"checkpoint_every must be >= 0 (0: never; got {cfg.checkpoint_every}) and keep_checkpoints >= 1 "
             f"(got {cfg.keep_checkpoints})"
         )
+    if cfg.model.get("drop_path") and cfg.protocol != "finetune":
+        raise UserError(
+            f"model.drop_path={cfg.model.drop_path} trains the backbone with stochastic depth: it applies to "
+            "protocol='finetune' only"
+        )
     if not 0 < cfg.finetune.layer_decay <= 1 or not 0 <= cfg.finetune.label_smoothing < 1:
         raise UserError("finetune.layer_decay must be in (0, 1] and finetune.label_smoothing in [0, 1)")
     if min(cfg.finetune.mixup_alpha, cfg.finetune.cutmix_alpha) < 0 or not 0 <= cfg.finetune.mix_prob <= 1:

@@ -53,10 +53,12 @@ def make_train_step(
     """
     ft = cfg.finetune
 
+    drop_path = bool(cfg.model.get("drop_path", 0.0))
+
     def loss_fn(params, batch_stats, batch, rng):
         targets = _targets(batch["label"], num_classes, float(ft.label_smoothing))
         batch, targets = mix_batch(rng, batch, targets, ft.mixup_alpha, ft.cutmix_alpha, ft.mix_prob)
-        features = clf.features(params["backbone"], batch)
+        features = clf.features(params["backbone"], batch, jax.random.fold_in(rng, 1) if drop_path else None)
         head_vars = {"params": params["head"], **({"batch_stats": batch_stats} if batch_stats else {})}
         logits, new_stats = clf.logits(head_vars, features, batch["length"], train=True)
         loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))

@@ -111,6 +111,11 @@ def validate_pretrain_config(cfg: ml_collections.ConfigDict, num_devices: int | 
     p = patch_size(cfg.model.variant)
     validate_data_config(cfg.data, p)
     validate_model_config(cfg.model, p, token_budget(cfg.data, p))
+    if cfg.model.drop_path:
+        raise UserError(
+            f"model.drop_path={cfg.model.drop_path} is a fine-tuning setting (configs/probe.py); "
+            "pre-training keeps it 0"
+        )
     num_devices = jax.device_count() if num_devices is None else num_devices
     divisor = num_devices * cfg.micro_batches
     if cfg.batch_size % divisor:

@@ -1,11 +1,16 @@
 """Pre-training evaluation on a fixed held-out set: next-patch MSE, per-position error maps, reconstructions.
 
 `loss` uses causal attention (no random prefix) and one mean over every predicted patch, so numbers are
-deterministic and comparable across recipes. `mse_ref` (MSE objective) is the NARAIM reference's protocol,
-comparable with its Table 1: a random prefix k per image (uniform in {1, .., n-1}, seeded by
-eval.ref_seed and the example's index), prefix-causal attention, the mean over the image's targets after
-the prefix, then the mean over images. Position bins follow NARAIM Appendix E: patch index j of an image
-with n real patches maps to j/n in [0, 1), split into `error_map_bins` bins.
+deterministic and comparable across recipes. With the MSE objective two more follow the NARAIM reference's
+protocol: a random prefix k per image (uniform in {1, .., n-1}, seeded by eval.ref_seed and the example's
+index) and prefix-causal attention, then
+  mse_ref              the mean over each image's n - k targets, then the mean over images (the reference's
+                       formula since its commit f8d1e65, whose n - k - 1 is made n - k: it is infinite for an
+                       image with k = n - 1);
+  mse_ref_fixed_count  the summed errors over images x (N - 1) prediction slots, prefix and padding slots
+                       counting as zeros (its formula before f8d1e65, the one its Table 1 models trained on).
+docs/reproducing.md says which can be compared with Table 1. Position bins follow NARAIM Appendix E: patch
+index j of an image with n real patches maps to j/n in [0, 1), split into `error_map_bins` bins.
 """
 
 import os
@@ -19,6 +24,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from naraim.data import orderings
+from naraim.data.config import token_budget
 from naraim.data.pipeline import make_eval_iterator
 from naraim.model.model import MODEL_INPUTS
 from naraim.model.sizes import patch_size
@@ -33,12 +39,17 @@ def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_shardin
     """Returns eval_step(params, batch) -> dict of replicated sums for one global batch:
     err_sum, count (scalars), bin_sum/bin_count [bins], pos_sum/pos_count [N], with the MSE objective
     ref_sum, ref_count (sum of per-image reference MSEs, images with targets; batch['ref_prefix'] int32 [B]),
+    ref_err_sum and ref_images (summed target errors after the prefixes, valid images),
     and for the first cfg.eval.num_images examples: pred_pixels [n,N,K] in [0,1], patches, coords, grid,
     length."""
     bins = cfg.eval.error_map_bins
     n_img = cfg.eval.num_images
     first = 0 if cfg.model.get("sos_token", False) else 1
-    norm_pix, raw_scale = cfg.loss.norm_pix, cfg.loss.raw_scale
+    target = dict(
+        norm_pix=cfg.loss.norm_pix,
+        raw_scale=cfg.loss.raw_scale,
+        pixel_scale=cfg.loss.get("target_pixel_scale", "unit"),
+    )
 
     def eval_step(params, batch):
         inputs = {k: batch[k] for k in MODEL_INPUTS}
@@ -50,7 +61,7 @@ def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_shardin
             pred = diffusion.pure_noise_prediction(model, params, inputs, rng, cfg.loss, **kw)
         else:
             pred = model.apply({"params": params}, inputs, attention="causal")["pred"]
-            err = per_patch_error(pred, inputs["patches"], norm_pix, raw_scale)
+            err = per_patch_error(pred, inputs["patches"], **target)
         n = inputs["patches"].shape[1]
         w = loss_weights(inputs["length"], first, n) * batch["valid"][:, None].astype(jnp.float32)
         rel = jnp.arange(n)[None, :] / inputs["length"][:, None]
@@ -60,11 +71,16 @@ def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_shardin
         if cfg.loss.objective == "mse":
             prefix = batch["ref_prefix"]
             out = model.apply({"params": params}, inputs, attention="prefix_causal", prefix_length=prefix)
-            ref_err = per_patch_error(out["pred"], inputs["patches"], norm_pix, raw_scale)
+            ref_err = per_patch_error(out["pred"], inputs["patches"], **target)
             ref_w = loss_weights(inputs["length"], prefix, n) * batch["valid"][:, None].astype(jnp.float32)
             targets = jnp.sum(ref_w, 1)
-            per_image = jnp.sum(ref_err * ref_w, 1) / jnp.maximum(targets, 1.0)
-            ref = {"ref_sum": jnp.sum(per_image), "ref_count": jnp.sum(targets > 0)}
+            image_sums = jnp.sum(ref_err * ref_w, 1)
+            ref = {
+                "ref_sum": jnp.sum(image_sums / jnp.maximum(targets, 1.0)),
+                "ref_count": jnp.sum(targets > 0),
+                "ref_err_sum": jnp.sum(image_sums),
+                "ref_images": jnp.sum(batch["valid"].astype(jnp.float32)),
+            }
         return {
             **ref,
             "err_sum": jnp.sum(err * w),
@@ -73,7 +89,7 @@ def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_shardin
             "bin_count": onehot.sum((0, 1)),
             "pos_sum": jnp.sum(err * w, 0),
             "pos_count": jnp.sum(w, 0),
-            "pred_pixels": unnormalize(pred[:n_img], inputs["patches"][:n_img], norm_pix, raw_scale),
+            "pred_pixels": unnormalize(pred[:n_img], inputs["patches"][:n_img], **target),
             **{k: inputs[k][:n_img] for k in MODEL_INPUTS},
         }
 
@@ -97,13 +113,15 @@ def reference_prefixes(length: np.ndarray, indices: np.ndarray, seed: int) -> np
 
 
 class Evaluator:
-    """run(params, step) -> {'loss': validation next-patch MSE, 'num_targets', 'mse_ref' (MSE objective)};
+    """run(params, step) -> {'loss': validation next-patch MSE, 'num_targets', 'mse_ref' and
+    'mse_ref_fixed_count' (MSE objective)};
     writes the PNGs into the workdir (error_by_position_<step>.png, error_grid_<step>.png for fixed square
     grids, reconstructions_<step>.png)."""
 
     def __init__(self, model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_sharding, workdir: str):
         self.cfg, self.mesh, self.workdir = cfg, mesh, workdir
         self.patch = patch_size(cfg.model.variant)
+        self._num_tokens = token_budget(cfg.data, self.patch)
         self._step = make_eval_step(model, cfg, mesh, params_sharding)
 
     def _iterator(self):
@@ -131,13 +149,17 @@ class Evaluator:
             grids.update(map(tuple, np.asarray(local["grid"])[np.asarray(local["valid"])]))
             if first is None:
                 first = out
-            keys = [k for k in out if k.endswith(("_sum", "_count")) or k == "count"]
+            keys = [k for k in out if k.endswith(("_sum", "_count")) or k in ("count", "ref_images")]
             totals = {k: out[k] if totals is None else totals[k] + out[k] for k in keys}
         if totals is None or totals["count"] == 0:
             return {}, []
         metrics = {"loss": float(totals["err_sum"] / totals["count"]), "num_targets": int(totals["count"])}
         if "ref_sum" in totals:
             metrics["mse_ref"] = float(totals["ref_sum"] / max(int(totals["ref_count"]), 1))
+            slots = self._num_tokens - 1  # the reference's N - 1 prediction slots per image
+            metrics["mse_ref_fixed_count"] = float(
+                totals["ref_err_sum"] / max(totals["ref_images"] * slots, 1)
+            )
         paths = [] if jax.process_index() else self._plots(step, totals, first, grids)
         return metrics, paths
 

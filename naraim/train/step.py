@@ -86,7 +86,7 @@ def make_train_step(
     metrics['finite'] is False.
     """
     num_micro = cfg.micro_batches
-    norm_pix, raw_scale = cfg.loss.norm_pix, cfg.loss.raw_scale
+    norm_pix, raw_scale, pixel_scale = cfg.loss.norm_pix, cfg.loss.raw_scale, cfg.loss.target_pixel_scale
     attention = cfg.model.attention
     sos = bool(cfg.model.get("sos_token", False))
     micro_sharding = NamedSharding(mesh, P(None, DATA_AXIS))
@@ -96,16 +96,18 @@ def make_train_step(
             err = diffusion.denoising_error(model, params, inputs, noise_rng, cfg.loss, prefix_length=prefix)
             return jnp.sum(err * weights)
         out = model.apply({"params": params}, inputs, prefix_length=prefix)
-        return jnp.sum(per_patch_error(out["pred"], inputs["patches"], norm_pix, raw_scale) * weights)
+        err = per_patch_error(out["pred"], inputs["patches"], norm_pix, raw_scale, pixel_scale)
+        return jnp.sum(err * weights)
 
     def step(state, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
         inputs = {k: batch[k] for k in MODEL_INPUTS}
         prefix, first = draw_prefix(rng, inputs["length"], attention, sos)
-        weights = loss_weights(inputs["length"], first, inputs["patches"].shape[1])
+        num_tokens = inputs["patches"].shape[1]
+        weights = loss_weights(inputs["length"], first, num_tokens)
         # each target's share of the mean: the loss and its gradients come out normalised, with no pass
         # over the gradients to divide them
-        shares = target_shares(weights, cfg.loss.average)
+        shares = target_shares(weights, cfg.loss.average, num_tokens if sos else num_tokens - 1)
         grad_fn = jax.value_and_grad(weighted_error)
         noise_rng = jax.random.fold_in(rng, 1)
         if num_micro == 1:

@@ -211,6 +211,10 @@ class FolderSource:
     def __len__(self) -> int:
         return len(self._items)
 
+    def path(self, index: int) -> str:
+        """The file of example `index`."""
+        return self._items[index][0]
+
     def __getitem__(self, index: int) -> Example:
         path, label = self._items[index]
         return read_file(path, self.max_file_bytes), label, path, None

@@ -1,0 +1,27 @@
+"""uint8 pixels to the floats a model reads (and back): x/255, or standardised with ImageNet's mean/std."""
+
+import jax
+import jax.numpy as jnp
+
+PIXEL_SCALES = ("imagenet", "unit")
+# ImageNet mean / std of RGB in [0, 1] (pixel_scale 'imagenet': AIM's input and l3m's targets).
+PIXEL_MEAN = (0.485, 0.456, 0.406)
+PIXEL_STD = (0.229, 0.224, 0.225)
+
+
+def scale_pixels(patches: jax.Array, pixel_scale: str) -> jax.Array:
+    """uint8 [..., P*P*3] in (row, col, channel) order -> float32: x/255 ('unit', the NARAIM reference) or
+    (x/255 - mean) / std per channel ('imagenet', AIM)."""
+    x = patches.astype(jnp.float32) / 255.0
+    if pixel_scale == "unit":
+        return x
+    x = x.reshape(*patches.shape[:-1], -1, 3)
+    return ((x - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)).reshape(patches.shape)
+
+
+def unscale_pixels(x: jax.Array, pixel_scale: str) -> jax.Array:
+    """The inverse of scale_pixels, to pixels in [0, 1]: float [..., P*P*3] -> float32."""
+    if pixel_scale == "unit":
+        return x
+    y = x.reshape(*x.shape[:-1], -1, 3) * jnp.asarray(PIXEL_STD) + jnp.asarray(PIXEL_MEAN)
+    return y.reshape(x.shape)
