@@ -57,6 +57,14 @@ class Failure(Exception):
     """One line for the user, then exit status 1."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """A bad argument is one line and exit status 1 (this script does not import naraim.cli)."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(1)
+
+
 def checkout(repo: str, commit: str) -> str:
     """A temporary folder holding the Python files of `repo` at `commit` (git archive: no work tree is
     touched; notebooks and data are left out)."""
@@ -589,7 +597,7 @@ def write_fixture(folder: str, part: str, arrays: dict, meta: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     naraim = sub.add_parser("naraim", help="record the NARAIM reference's outputs")
     naraim.add_argument("--repo", required=True, help="a git checkout of github.com/daniel-gallo/naraim")

@@ -21,6 +21,9 @@ SCRIPTS = {
     "make_benchmark_jpegs.py": ["--count"],
     "stress_workdir.py": ["--kills"],
     "config_docs.py": ["--check"],
+    "inspect_data.py": ["--split", "--num", "--out", "--train"],
+    "record_reference.py": [],
+    "compare_reference_training.py": ["--reference_repo", "--reference_python", "--steps"],
 }
 CLI_DOC = open(os.path.join(ROOT, "docs", "cli.md")).read()
 

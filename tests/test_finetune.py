@@ -116,6 +116,7 @@ def test_finetune_trains_the_whole_network_end_to_end(workdir, tmp_path):
     cfg = tiny_probe_config(workdir, "finetune")
     cfg.finetune.mixup_alpha = 0.8
     cfg.finetune.cutmix_alpha = 1.0
+    cfg.model.drop_path = 0.1  # stochastic depth: the step passes its dropout rng
     cfg.checkpoint_every = 6
     results = run_probe(cfg, str(tmp_path))
     assert results["num_examples"] == 24

@@ -39,6 +39,25 @@ def test_per_image_and_per_patch_means_by_hand():
     pred3 = jnp.concatenate([pred, jnp.full((1, 6, 3), 9.0)])
     patches3 = jnp.zeros((3, 6, 3), jnp.uint8)
     assert float(next_patch_loss(pred3, patches3, w3, False, "unit", "per_image")) == pytest.approx(2.5)
+    # an all-padding example (no targets at all) keeps every average finite
+    empty = jnp.zeros((2, 6))
+    for average in ("per_patch", "per_image", "fixed_count"):
+        assert float(next_patch_loss(pred, patches, empty, False, "unit", average, slots=5)) == 0.0
+
+
+def test_fixed_count_divides_the_summed_errors_by_batch_times_slots():
+    """The NARAIM reference before f8d1e65: jnp.mean over the masked [B, N-1, K] errors, so every target
+    weighs 1 / (B (N - 1)) whatever the prefixes and lengths (with an SOS token, N slots)."""
+    patches = jnp.zeros((2, 6, 3), jnp.uint8)
+    w = loss_weights(jnp.array([6, 3]), jnp.array([2, 2]), 6)  # 4 targets with error 1, 1 with error 4
+    pred = jnp.zeros((2, 6, 3)).at[0].set(1.0).at[1].set(2.0)
+    fixed = float(next_patch_loss(pred, patches, w, False, "unit", "fixed_count", slots=5))
+    assert fixed == pytest.approx((4 * 1 + 1 * 4) / (2 * 5))
+    assert float(next_patch_loss(pred, patches, w, False, "unit", "fixed_count", slots=6)) == pytest.approx(
+        8 / 12
+    )
+    with pytest.raises(ValueError, match="slots"):
+        next_patch_loss(pred, patches, w, False, "unit", "fixed_count")
 
 
 def test_weights_cover_predicted_real_patches_only():
@@ -74,7 +93,20 @@ def test_prefix_lengths_in_range():
 
 @pytest.mark.parametrize("norm_pix", [True, False])
 @pytest.mark.parametrize("raw_scale", ["unit", "symmetric"])
-def test_unnormalize_inverts_patch_targets(norm_pix, raw_scale):
+@pytest.mark.parametrize("pixel_scale", ["unit", "imagenet"])
+def test_unnormalize_inverts_patch_targets(norm_pix, raw_scale, pixel_scale):
     patches = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 3, 12)), jnp.uint8)
-    pixels = unnormalize(patch_targets(patches, norm_pix, raw_scale), patches, norm_pix, raw_scale)
+    targets = patch_targets(patches, norm_pix, raw_scale, pixel_scale)
+    pixels = unnormalize(targets, patches, norm_pix, raw_scale, pixel_scale)
     np.testing.assert_allclose(pixels, patches.astype(np.float32) / 255.0, atol=1e-5)
+
+
+def test_imagenet_targets_normalise_the_standardised_patch():
+    """loss.target_pixel_scale='imagenet' (l3m's AIMv1): each patch of the mean/std-standardised image,
+    standardised over its values; with unequal channel scales this differs from the patches of x / 255."""
+    patches = jnp.asarray(np.random.default_rng(1).integers(0, 256, (1, 2, 12)), jnp.uint8)
+    x = np.asarray(patches, np.float64).reshape(1, 2, 4, 3) / 255.0
+    x = ((x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])).reshape(1, 2, 12)
+    expected = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(patch_targets(patches, True, pixel_scale="imagenet"), expected, atol=1e-5)
+    assert not np.allclose(patch_targets(patches, True, pixel_scale="unit"), expected, atol=1e-3)

@@ -5,8 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from naraim.errors import UserError
+from naraim.model.config import validate_model_config
 from naraim.model.model import make_model
 from naraim.model.vit import make_backbone
+from naraim.train.config import default_pretrain_config, validate_pretrain_config
 
 P = 2
 N = 8
@@ -112,3 +115,31 @@ def test_attention_override_and_prefix(linear_model):
     assert np.abs(causal[:, 1] - bidir[:, 1]).max() > 1e-4
     assert np.abs(causal[:, 1] - prefix[:, 1]).max() > 1e-4
     np.testing.assert_allclose(model(b, attention="prefix_causal")["pred"], causal, atol=1e-6)
+
+
+def test_drop_path_drops_whole_branches_per_example_only_when_training():
+    """model.drop_path (fine-tuning's stochastic depth, rising linearly to the rate at the last block): off
+    without train=True; with it, an example's dropped branch leaves the stream unchanged and a kept one is
+    scaled by 1 / (1 - p)."""
+    b = {k: jnp.asarray(v) for k, v in batch().items()}
+    args = (b["patches"], b["coords"], b["grid"], b["length"])
+    plain = make_backbone(dict(variant=f"Pico/{P}"))
+    dropping = make_backbone(dict(variant=f"Pico/{P}", drop_path=0.999))
+    params = plain.init(jax.random.key(0), *args)
+    np.testing.assert_array_equal(plain.apply(params, *args)[0], dropping.apply(params, *args)[0])
+    _, inter = dropping.apply(params, *args, train=True, rngs={"dropout": jax.random.key(1)})
+    _, kept = plain.apply(params, *args)
+    # block 0 runs at rate 0 (kept), block 1 at 0.999: both its branches dropped for both examples
+    np.testing.assert_allclose(inter["block_0"], kept["block_0"], atol=1e-6)
+    np.testing.assert_allclose(inter["block_1"], inter["block_0"], atol=1e-6)
+    with pytest.raises(Exception, match="dropout"):
+        dropping.apply(params, *args, train=True)  # stochastic depth needs its rng
+
+
+def test_drop_path_is_refused_with_scan_and_in_pretraining():
+    with pytest.raises(UserError, match="model.scan=True"):
+        validate_model_config(dict(variant="Pico/2", drop_path=0.1, scan=True), 2, 16)
+    cfg = default_pretrain_config()
+    cfg.model.update(variant="Pico/14", drop_path=0.1)
+    with pytest.raises(UserError, match="fine-tuning setting"):
+        validate_pretrain_config(cfg, num_devices=1)

@@ -37,6 +37,15 @@ def test_fractional_is_finite_for_one_row_or_column(grid):
     module = posemb.Fractional(8)
     params = module.init(jax.random.key(0), coords, g)
     assert np.isfinite(np.asarray(module.apply(params, coords, g))).all()
+    frac = np.asarray(posemb.grid_fractions(coords, g, "max_index"))  # row / (rows - 1), 0 on a side of 1
+    np.testing.assert_allclose(frac[0, :, 0], np.arange(n) // cols / max(rows - 1, 1))
+    np.testing.assert_allclose(frac[0, :, 1], np.arange(n) % cols / max(cols - 1, 1))
+
+
+def test_fractional_max_index_reaches_one_at_the_last_row_and_column():
+    coords = jnp.asarray([[[0, 0], [2, 4], [1, 2]]], jnp.int32)
+    frac = np.asarray(posemb.grid_fractions(coords, jnp.array([[3, 5]]), "max_index"))
+    np.testing.assert_allclose(frac[0], [[0, 0], [1, 1], [0.5, 0.5]])
 
 
 def test_fractional_depends_on_fraction_not_index():

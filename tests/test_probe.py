@@ -158,6 +158,13 @@ def test_naraim_and_darl_probe_variants_follow_the_papers(workdir):
         1.0,
     )
     assert "rand_augment" in ft.data.transforms
+    # Table 8: batch 4096, 5 warm-up epochs, ViT-L for 50 epochs (no drop path) or 90 (drop path 0.1)
+    steps_per_epoch = 1_281_167 / 4096
+    assert (ft.batch_size, ft.optim.lr, ft.model.drop_path) == (4096, 1e-3, 0.0)
+    assert ft.total_steps == int(50 * steps_per_epoch) and ft.optim.warmup_steps == int(5 * steps_per_epoch)
+    long = load_config("probe", "darl_finetune_long")
+    assert long.total_steps == int(90 * steps_per_epoch) and long.model.drop_path == 0.1
+    assert long.protocol == "finetune" and long.finetune.mixup_alpha == 0.8
 
 
 def test_unknown_variant_is_a_user_error():

@@ -110,6 +110,7 @@ def test_probe_has_no_qkv_bias_and_one_query():
     params = jax.eval_shape(lambda f, n: head.init(jax.random.key(0), f, n, False), feats, n)["params"]
     assert set(params) == {"query", "key", "value", "classifier"}
     assert set(params["key"]) == {"kernel"} and set(params["value"]) == {"kernel"}
+    assert set(params["classifier"]) == {"kernel"}  # ml-aim's linear_bias=False
     assert params["query"].shape == (8,)
 
 

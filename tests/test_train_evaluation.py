@@ -80,7 +80,7 @@ def test_mse_ref_is_the_reference_protocol_computed_by_hand(tmp_path):
     )
     params = model.init(jax.random.PRNGKey(1), {k: jnp.asarray(v) for k, v in batches[0].items()})["params"]
     metrics, _ = Evaluator(model, cfg, mesh, replicated(mesh), str(tmp_path)).run(params, step=1)
-    per_image, prefixes = [], []
+    per_image, prefixes, summed = [], [], 0.0
     for i, (patches, coords, grid, n) in enumerate(
         zip(*(batches[0][k] for k in ("patches", "coords", "grid", "length")), strict=True)
     ):
@@ -93,8 +93,11 @@ def test_mse_ref_is_the_reference_protocol_computed_by_hand(tmp_path):
         )
         pred = np.asarray(out["pred"][0], np.float64)
         err = ((pred - _targets(patches, cfg.loss.norm_pix)) ** 2).mean(-1)
+        summed += err[k:n].sum()
         if n > k:
             per_image.append(err[k:n].mean())
     assert len(set(prefixes)) > 3 and len(per_image) == 12
     assert metrics["mse_ref"] == pytest.approx(np.mean(per_image), rel=1e-5)
+    # the reference's formula before f8d1e65: summed errors over images x (N - 1) slots, N = 16
+    assert metrics["mse_ref_fixed_count"] == pytest.approx(summed / (12 * 15), rel=1e-5)
     assert metrics["mse_ref"] != pytest.approx(metrics["loss"], rel=1e-3)  # not the causal all-target mean

@@ -74,6 +74,22 @@ def test_random_crop_native_geometry_and_fallback():
     assert all(T.random_crop_native(tiny, _rng(i), image_size=S) is tiny for i in range(10))
 
 
+def test_crop_choice_last_keeps_the_last_of_ten_fitting_draws():
+    """data.crop_choice='last' (the NARAIM reference's loop, which cannot leave early in graph mode) makes all
+    10 (area, aspect) draws and keeps the last crop that fits; 'first' stops at the first (torchvision)."""
+    h, w, scale, ratio = 600, 800, (0.4, 1.0), (3 / 4, 4 / 3)
+    for seed in range(20):
+        rng, fits = _rng(seed), []
+        for _ in range(10):  # the same draws, written out
+            area = h * w * rng.uniform(*scale)
+            r = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+            cw, ch = round(math.sqrt(area * r)), round(math.sqrt(area / r))
+            if 0 < cw <= w and 0 < ch <= h and cw * ch >= S * S:
+                fits.append((int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw))
+        assert T._sample_crop(h, w, _rng(seed), scale, ratio, S * S, "last") == fits[-1]
+        assert T._sample_crop(h, w, _rng(seed), scale, ratio, S * S, "first") == fits[0]
+
+
 def test_random_crop_native_then_resize_is_not_squashed():
     img = _img(1200, 400)  # the resize keeps each crop's own width/height
     for i in range(10):

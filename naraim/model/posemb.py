@@ -21,7 +21,8 @@ ROTARY = ("rope_1d", "rope_2d")
 
 def sincos_1d(pos: jax.Array, dim: int, base: float = 10000.0) -> jax.Array:
     """Transformer sin/cos encoding of positions [...] -> float32 [..., dim]: [sin(pos*w_i) ++ cos(pos*w_i)],
-    w_i = base^(-i/(dim/2)) for i < dim/2 (the MAE / big_vision channel layout)."""
+    w_i = base^(-i/(dim/2)) for i < dim/2. The NARAIM reference interleaves sin and cos instead, and
+    big_vision's frequencies divide by dim/2 - 1 (docs/reproducing.md)."""
     if dim % 2:
         raise ValueError(f"sincos dimension must be even, got {dim}")
     omega = base ** (-jnp.arange(dim // 2, dtype=jnp.float32) / (dim // 2))
@@ -30,7 +31,8 @@ def sincos_1d(pos: jax.Array, dim: int, base: float = 10000.0) -> jax.Array:
 
 
 def absolute_sincos_2d(coords: jax.Array, dim: int) -> jax.Array:
-    """coords int [B,N,2] (row, col) -> float32 [B,N,dim]: sincos_1d(row, dim/2) ++ sincos_1d(col, dim/2)."""
+    """coords int [B,N,2] (row, col) -> float32 [B,N,dim]: sincos_1d(row, dim/2) ++ sincos_1d(col, dim/2), the
+    row half first (ml-aim and MAE put the column half first)."""
     if dim % 4:
         raise ValueError(f"absolute_sincos_2d needs a width divisible by 4, got {dim}")
     return jnp.concatenate(
