@@ -110,3 +110,11 @@ def test_imagenet_targets_normalise_the_standardised_patch():
     expected = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
     np.testing.assert_allclose(patch_targets(patches, True, pixel_scale="imagenet"), expected, atol=1e-5)
     assert not np.allclose(patch_targets(patches, True, pixel_scale="unit"), expected, atol=1e-3)
+
+
+def test_targets_of_an_empty_batch_keep_their_shape():
+    """Evaluation asks for the pixels of its first eval.num_images examples, which may be none."""
+    empty = jnp.zeros((0, 4, 12), jnp.uint8)
+    for pixel_scale in ("unit", "imagenet"):
+        assert patch_targets(empty, True, pixel_scale=pixel_scale).shape == (0, 4, 12)
+        assert unnormalize(jnp.zeros((0, 4, 12)), empty, True, pixel_scale=pixel_scale).shape == (0, 4, 12)

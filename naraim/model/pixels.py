@@ -15,7 +15,7 @@ def scale_pixels(patches: jax.Array, pixel_scale: str) -> jax.Array:
     x = patches.astype(jnp.float32) / 255.0
     if pixel_scale == "unit":
         return x
-    x = x.reshape(*patches.shape[:-1], -1, 3)
+    x = x.reshape(*patches.shape[:-1], patches.shape[-1] // 3, 3)  # no -1: a batch may be empty
     return ((x - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)).reshape(patches.shape)
 
 
@@ -23,5 +23,5 @@ def unscale_pixels(x: jax.Array, pixel_scale: str) -> jax.Array:
     """The inverse of scale_pixels, to pixels in [0, 1]: float [..., P*P*3] -> float32."""
     if pixel_scale == "unit":
         return x
-    y = x.reshape(*x.shape[:-1], -1, 3) * jnp.asarray(PIXEL_STD) + jnp.asarray(PIXEL_MEAN)
+    y = x.reshape(*x.shape[:-1], x.shape[-1] // 3, 3) * jnp.asarray(PIXEL_STD) + jnp.asarray(PIXEL_MEAN)
     return y.reshape(x.shape)

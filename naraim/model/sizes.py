@@ -3,8 +3,9 @@
 from naraim.errors import UserError
 
 # width, depth, heads, mlp_dim. ViT sizes from Dosovitskiy et al. / big_vision; AIM sizes from El-Nouby et al.
-# "Pico" is a tiny size for tests and CPU demos.
+# "Pico" is a tiny size for tests and CPU demos, "Nano" a smaller one for golden-value tests.
 SIZES: dict[str, dict[str, int]] = {
+    "Nano": dict(width=16, depth=2, heads=2, mlp_dim=32),
     "Pico": dict(width=64, depth=2, heads=4, mlp_dim=256),
     "Ti": dict(width=192, depth=12, heads=3, mlp_dim=768),
     "Mi6": dict(width=128, depth=6, heads=4, mlp_dim=512),  # a 6-block width-128 ViT for CPU studies
