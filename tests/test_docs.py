@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = [
     "README.md",
     "CONTRIBUTING.md",
-    *(os.path.join("docs", p) for p in sorted(os.listdir(os.path.join(ROOT, "docs")))),
+    *(os.path.join("docs", p) for p in sorted(os.listdir(os.path.join(ROOT, "docs"))) if p.endswith(".md")),
 ]
 
 
