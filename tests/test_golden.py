@@ -144,3 +144,58 @@ def test_golden_values_are_reproduced_bit_for_bit(name, computed, golden):
     assert keys and keys == sorted(k for k in computed if k.startswith(name + "/"))
     for key in keys:
         np.testing.assert_array_equal(computed[key], golden[key], err_msg=key)
+
+
+CONFIGS = os.path.join(ROOT, "tests", "golden", "configs.json")
+# every shipped config file with every variant (the probe's singly and in the combinations its docs name)
+CONFIG_VARIANTS = {
+    "naraim_b14": ["", "base", "fractional", "random_crop", "no_norm", "base_no_norm"],
+    "aim_b14": [""],
+    "aim_600m": [""],
+    "aim_1b": [""],
+    "aim_3b": [""],
+    "aim_7b": [""],
+    "darl_l16": ["", "diffusion", "mse", "native"],
+    "small": ["", "naraim", "aim"],
+    "demo": ["", "naraim", "aim", "darl", "darl_mse"],
+    "probe": [
+        "",
+        "naraim",
+        "sweep",
+        "knn",
+        "finetune",
+        "linear",
+        "darl_linear",
+        "darl_finetune",
+        "darl_finetune_long",
+        "small",
+        "demo",
+        "demo,finetune",
+        "demo,linear",
+        "sweep,linear",
+        "small,linear",
+        "small,knn",
+        "darl_linear,sweep",
+        "naraim,sweep",
+    ],
+}
+
+
+def _resolved_configs() -> dict[str, dict]:
+    return {
+        f"{name}:{variant}": json.loads(load_config(name, variant).to_json_best_effort(sort_keys=True))
+        for name, variants in CONFIG_VARIANTS.items()
+        for variant in variants
+    }
+
+
+def test_every_shipped_config_resolves_as_recorded():
+    """The configs' values as they were recorded: moving how configs are written must not change one."""
+    now = _resolved_configs()
+    if RECORD:
+        with open(CONFIGS, "w") as f:
+            json.dump(now, f, indent=1, sort_keys=True)
+    recorded = json.load(open(CONFIGS))
+    assert sorted(now) == sorted(recorded)
+    for name in recorded:
+        assert now[name] == recorded[name], name
