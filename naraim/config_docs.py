@@ -13,10 +13,10 @@ from collections.abc import Callable
 from ml_collections import ConfigDict
 
 from naraim.data.config import default_data_config
+from naraim.infra.flags import flat_keys, load_config_file
 from naraim.model.config import default_model_config
 from naraim.objectives.config import default_loss_config
 from naraim.train import config as train_config
-from naraim.train.flags import flat_keys, load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -27,11 +27,11 @@ from ml_collections import ConfigDict
 
 from naraim.data.pipeline import make_eval_iterator
 from naraim.errors import UserError
+from naraim.infra.checkpoint import restore_params
 from naraim.model.model import MODEL_INPUTS, make_head, make_model
 from naraim.model.sizes import patch_size
 from naraim.objectives import diffusion
 from naraim.objectives.targets import unnormalize
-from naraim.train.checkpoint import restore_params
 from naraim.train.plots import patches_to_image
 
 matplotlib.use("Agg")

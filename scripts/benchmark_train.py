@@ -20,14 +20,14 @@ from absl import flags
 
 from naraim.cli import run_main
 from naraim.data.config import token_budget
+from naraim.infra.flags import define_config_flag, parse_flags
+from naraim.infra.mesh import global_batch, make_mesh
+from naraim.infra.optimizer import make_optimizer
 from naraim.model.model import make_model
 from naraim.model.sizes import get_size
 from naraim.model.vit import make_backbone
 from naraim.train.config import default_pretrain_config, fit_schedule, validate_pretrain_config
-from naraim.train.flags import define_config_flag, parse_flags
 from naraim.train.flops import matmul_peak_flops, train_flops_per_step
-from naraim.train.mesh import global_batch, make_mesh
-from naraim.train.optimizer import make_optimizer
 from naraim.train.step import init_state, make_train_step
 
 _CONFIG = define_config_flag()

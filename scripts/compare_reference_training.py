@@ -27,7 +27,7 @@ import numpy as np
 
 from naraim.cli import ArgumentParser, run_main
 from naraim.errors import UserError
-from naraim.train.flags import load_config_file
+from naraim.infra.flags import load_config_file
 from naraim.train.trainer import train
 
 matplotlib.use("Agg")

@@ -22,9 +22,9 @@ from naraim.data.pipeline import make_loader
 from naraim.data.sources.folder import FolderSource
 from naraim.data.tokens import unpatchify
 from naraim.errors import UserError
+from naraim.infra.flags import define_config_flag, parse_flags
 from naraim.model.sizes import patch_size
 from naraim.train.config import default_pretrain_config
-from naraim.train.flags import define_config_flag, parse_flags
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

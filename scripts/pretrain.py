@@ -15,8 +15,8 @@ from absl import flags
 
 from naraim.cli import run_main
 from naraim.errors import UserError
+from naraim.infra.flags import define_config_flag, parse_flags
 from naraim.train.config import default_pretrain_config
-from naraim.train.flags import define_config_flag, parse_flags
 from naraim.train.trainer import train
 
 _CONFIG = define_config_flag()

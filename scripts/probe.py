@@ -15,9 +15,9 @@ from absl import flags
 
 from naraim.cli import run_main
 from naraim.errors import UserError
+from naraim.infra.flags import define_config_flag, load_config_file, parse_flags
 from naraim.model.config import default_model_config
 from naraim.probe.runner import run_probe
-from naraim.train.flags import define_config_flag, load_config_file, parse_flags
 
 _CONFIG = define_config_flag()
 _WORKDIR = flags.DEFINE_string(

@@ -32,7 +32,7 @@ from PIL import Image
 
 from naraim.cli import ArgumentParser, run_main
 from naraim.data.sources.arrayrecord import encode_record
-from naraim.train.checkpoint import restore_params
+from naraim.infra.checkpoint import restore_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [

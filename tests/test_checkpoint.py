@@ -13,7 +13,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from naraim.errors import UserError
-from naraim.train.checkpoint import Checkpointer, restore_params, write_config
+from naraim.infra.checkpoint import Checkpointer, restore_params, write_config
 
 
 def make_state(value: float):

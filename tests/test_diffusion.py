@@ -10,14 +10,14 @@ import pytest
 
 from naraim.data.pipeline import make_train_iterator
 from naraim.errors import UserError
+from naraim.infra.mesh import global_batch, make_mesh
+from naraim.infra.optimizer import make_optimizer
 from naraim.model.model import make_model
 from naraim.objectives import diffusion
 from naraim.objectives.config import default_loss_config, validate_loss_config
 from naraim.objectives.mse import per_patch_error
 from naraim.objectives.targets import patch_targets
 from naraim.train.config import validate_pretrain_config
-from naraim.train.mesh import global_batch, make_mesh
-from naraim.train.optimizer import make_optimizer
 from naraim.train.step import init_state, make_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

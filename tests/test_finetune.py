@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from probe_helpers import pretrain_workdir, tiny_probe_config
 
+from naraim.infra.checkpoint import restore_params
 from naraim.probe.heads import pool_tokens
 from naraim.probe.layer_decay import layer_scales
 from naraim.probe.loading import load_pretrained
 from naraim.probe.mixup import cutmix, mix_batch, mixup
 from naraim.probe.runner import run_probe
-from naraim.train.checkpoint import restore_params
 
 
 def test_layer_scales_follow_depth():

@@ -1,6 +1,6 @@
-"""Golden values (tests/golden/values.npz): what pre-training and a probe sweep computed when they were recorded
-(the commit that added this file), which every later change that claims the same behaviour must still give,
-bit for bit.
+"""Golden values (tests/golden/values.npz): what pre-training and a probe sweep computed when they were
+recorded (the commit that added this file), which every later change that claims the same behaviour must
+still give, bit for bit.
 
 Each pre-training case runs scripts/pretrain.py's train() for 3 steps of a Nano/8 ViT on the synthetic
 images (float32, CPU) and compares the loss and gradient norm of every step and every parameter leaf; the
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from probe_helpers import ROOT, load_config
 
+from naraim.infra.checkpoint import restore_params
 from naraim.probe.runner import run_probe
-from naraim.train.checkpoint import restore_params
 from naraim.train.trainer import train
 
 GOLDEN = os.path.join(ROOT, "tests", "golden", "values.npz")

@@ -22,8 +22,8 @@ spec = importlib.util.spec_from_file_location("demo", "configs/demo.py")
 demo = importlib.util.module_from_spec(spec); spec.loader.exec_module(demo)
 from naraim.data.pipeline import make_train_iterator
 from naraim.model.model import make_model
-from naraim.train.mesh import global_batch, make_mesh
-from naraim.train.optimizer import make_optimizer
+from naraim.infra.mesh import global_batch, make_mesh
+from naraim.infra.optimizer import make_optimizer
 from naraim.train.step import init_state, make_train_step
 
 assert jax.device_count() == 4

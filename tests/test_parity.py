@@ -12,13 +12,13 @@ from PIL import Image
 
 from naraim.data import augment
 from naraim.data import transforms as T
+from naraim.infra.optimizer import decay_mask, make_optimizer
+from naraim.infra.schedules import naraim_ref_schedule
 from naraim.model.model import make_model
 from naraim.model.pixels import scale_pixels
 from naraim.model.vit import make_backbone
 from naraim.objectives.mse import loss_weights, per_patch_error
 from naraim.train.evaluation import reference_prefixes
-from naraim.train.optimizer import decay_mask, make_optimizer
-from naraim.train.schedules import naraim_ref_schedule
 
 
 def reference_schedule(warmup_steps, peak_lr, decay_steps, decay_rate, cooldown_steps, min_lr):

@@ -16,6 +16,8 @@ from probe_helpers import ROOT, load_config, pretrain_workdir, tiny_probe_config
 from naraim.data.pipeline import make_eval_iterator
 from naraim.data.sources import open_source
 from naraim.errors import UserError
+from naraim.infra.checkpoint import restore_params
+from naraim.infra.optimizer import make_optimizer
 from naraim.probe import protocols, sweep
 from naraim.probe.classifier import make_classifier
 from naraim.probe.knn import knn_correct, normalise
@@ -24,8 +26,6 @@ from naraim.probe.minival import split_minival
 from naraim.probe.protocols import make_sweep
 from naraim.probe.runner import prepare, run_probe
 from naraim.probe.step import init_params
-from naraim.train.checkpoint import restore_params
-from naraim.train.optimizer import make_optimizer
 from naraim.train.step import dummy_batch
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from naraim.train.schedules import cosine_schedule, naraim_schedule
+from naraim.infra.schedules import cosine_schedule, naraim_schedule
 
 
 def test_naraim_schedule_warmup_decay_cooldown():

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from naraim.data.pipeline import make_eval_iterator
+from naraim.infra.mesh import make_mesh, replicated
 from naraim.model.model import make_model
 from naraim.objectives.mse import loss_weights, per_patch_error
 from naraim.train.evaluation import Evaluator
-from naraim.train.mesh import make_mesh, replicated
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -3,7 +3,7 @@ import os
 
 from ml_collections import ConfigDict
 
-from naraim.train.metrics_log import MetricsLogger
+from naraim.infra.metrics_log import MetricsLogger
 
 
 def cfg(mode: str) -> ConfigDict:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from naraim.train.checkpoint import restore_params
+from naraim.infra.checkpoint import restore_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from naraim.train.checkpoint import restore_params
+from naraim.infra.checkpoint import restore_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 10

@@ -7,9 +7,9 @@ import numpy as np
 import optax
 
 from naraim.data.pipeline import make_train_iterator
+from naraim.infra.mesh import global_batch, make_mesh
+from naraim.infra.optimizer import clip_by_global_norm, decay_mask, make_optimizer
 from naraim.model.model import make_model
-from naraim.train.mesh import global_batch, make_mesh
-from naraim.train.optimizer import clip_by_global_norm, decay_mask, make_optimizer
 from naraim.train.step import init_state, make_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,11 +18,11 @@ from PIL import Image
 from probe_helpers import ROOT, load_config, pretrain_workdir, tiny_probe_config
 
 from naraim.errors import UserError
+from naraim.infra.checkpoint import Checkpointer, restore_params
+from naraim.infra.workdir import WorkdirLock, check_resume_config
 from naraim.probe import loop
 from naraim.probe.runner import run_probe
-from naraim.train.checkpoint import Checkpointer, restore_params
 from naraim.train.trainer import train
-from naraim.workdir import WorkdirLock, check_resume_config
 
 TINY = {
     "batch_size": 8,

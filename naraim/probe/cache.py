@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from jax.sharding import Mesh
 
+from naraim.infra.mesh import global_batch
 from naraim.probe.accuracy import local_rows
-from naraim.train.mesh import global_batch
 
 CACHE_KEYS = ("features", "length", "label", "aspect_ratio")
 

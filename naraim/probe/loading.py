@@ -4,8 +4,8 @@ import jax
 from ml_collections import ConfigDict
 
 from naraim.errors import UserError
+from naraim.infra.checkpoint import restore_params
 from naraim.model.vit import ViT
-from naraim.train.checkpoint import restore_params
 
 
 def _shapes(tree) -> dict[str, tuple]:

@@ -9,9 +9,9 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from naraim.console import progress
+from naraim.infra.checkpoint import Checkpointer, abstract_like
+from naraim.infra.metrics_log import MetricsLogger
 from naraim.stop_signals import raise_if_stopped
-from naraim.train.checkpoint import Checkpointer, abstract_like
-from naraim.train.metrics_log import MetricsLogger
 
 
 def _mean(window: list[dict], key: str) -> float:

@@ -13,6 +13,10 @@ from ml_collections import ConfigDict
 from naraim.console import progress
 from naraim.data.pipeline import make_eval_iterator, make_train_iterator, split_size
 from naraim.errors import UserError
+from naraim.infra.checkpoint import write_config
+from naraim.infra.mesh import global_batch, make_mesh, replicated
+from naraim.infra.metrics_log import MetricsLogger
+from naraim.infra.optimizer import make_optimizer
 from naraim.model.model import MODEL_INPUTS
 from naraim.model.sizes import get_size
 from naraim.model.vit import ViT
@@ -29,10 +33,6 @@ from naraim.probe.minival import split_minival
 from naraim.probe.plots import plot_accuracy_by_bin, plot_accuracy_by_block
 from naraim.probe.results import sweep_results, write_results
 from naraim.probe.step import init_params, init_state, make_eval_step, make_train_step
-from naraim.train.checkpoint import write_config
-from naraim.train.mesh import global_batch, make_mesh, replicated
-from naraim.train.metrics_log import MetricsLogger
-from naraim.train.optimizer import make_optimizer
 from naraim.train.step import dummy_batch
 
 PLOT_FILE = "accuracy_by_aspect_ratio.png"

@@ -14,14 +14,14 @@ from ml_collections import ConfigDict
 from naraim.console import say
 from naraim.data.pipeline import num_classes
 from naraim.errors import UserError
+from naraim.infra.checkpoint import CHECKPOINT_DIR
+from naraim.infra.workdir import MUTABLE_KEYS, WorkdirLock, check_resume_config
 from naraim.model.vit import ViT, make_backbone
 from naraim.probe import config as probe_config
 from naraim.probe.loading import check_backbone_params, load_pretrained
 from naraim.probe.protocols import RunContext, finetune, frozen, knn_protocol
 from naraim.probe.results import RESULTS_FILE, read_results
-from naraim.train.checkpoint import CHECKPOINT_DIR
 from naraim.train.step import dummy_batch
-from naraim.workdir import MUTABLE_KEYS, WorkdirLock, check_resume_config
 
 
 def prepare(cfg: ConfigDict) -> tuple[ConfigDict, ViT, dict, int]:
@@ -57,8 +57,8 @@ def run_probe(cfg: ConfigDict, workdir: str, force_config_change: bool = False) 
     """Runs the probe described by `cfg` (configs/probe.py) into `workdir`; returns the results dict.
 
     Holds a lock on the workdir. Re-running the command resumes from the newest checkpoint (the config must
-    be the same but for naraim.workdir.MUTABLE_KEYS and eval.*, unless force_config_change), or returns the
-    results of a finished run.
+    be the same but for naraim.infra.workdir.MUTABLE_KEYS and eval.*, unless force_config_change), or returns
+    the results of a finished run.
     """
     if cfg.init_from and os.path.realpath(workdir) == _pretraining_workdir(cfg.init_from):
         raise UserError(

@@ -10,9 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from naraim.infra.workdir import atomic_write, read_json  # noqa: E402
 from naraim.probe.plots import bin_label, plot_accuracy_by_bin  # noqa: E402
 from naraim.probe.results import read_results  # noqa: E402
-from naraim.workdir import atomic_write, read_json  # noqa: E402
 
 METRICS = ("top1", "knn_top1", "linear_top1")
 

@@ -23,17 +23,17 @@ from naraim.console import say
 from naraim.data.config import source_kind, token_budget
 from naraim.data.prepare import write_arrayrecord
 from naraim.errors import UserError
+from naraim.infra.flags import load_config_file
+from naraim.infra.mesh import global_batch, make_mesh
+from naraim.infra.optimizer import make_optimizer
+from naraim.infra.workdir import atomic_write, read_json
 from naraim.model.model import make_model
 from naraim.model.sizes import patch_size
 from naraim.probe.runner import run_probe
 from naraim.study.report import write_report
 from naraim.train.config import fit_schedule, validate_pretrain_config
-from naraim.train.flags import load_config_file
-from naraim.train.mesh import global_batch, make_mesh
-from naraim.train.optimizer import make_optimizer
 from naraim.train.step import init_state, make_train_step
 from naraim.train.trainer import train
-from naraim.workdir import atomic_write, read_json
 
 ARMS = ("naraim", "aim", "random_init")
 PROBES = {"attentive": "small", "knn": "small,knn", "linear": "small,linear"}

@@ -1,2 +1,1 @@
-"""Pre-training: config, optimizer and schedules, loss, the jitted step, mesh, checkpoints, logging,
-evaluation."""
+"""Pre-training: its config, the jitted step, the evaluation and the training loop."""

@@ -38,7 +38,7 @@ def default_pretrain_config() -> ml_collections.ConfigDict:
     cfg.optim = ml_collections.ConfigDict()
     cfg.optim.optimizer = "adamw"  # 'adamw' | 'lars' (b1 is its momentum)
     # 'naraim': warmup, exponential decay to lr * decay_rate at the end, times a linear ramp over the
-    # cooldown; 'naraim_ref': the reference code's formula (naraim/train/schedules.py); 'cosine'; 'constant'
+    # cooldown; 'naraim_ref': the reference code's formula (naraim/infra/schedules.py); 'cosine'; 'constant'
     cfg.optim.schedule = "naraim"
     cfg.optim.lr = 1e-3  # peak learning rate
     cfg.optim.warmup_steps = 5_000  # linear warmup from 0

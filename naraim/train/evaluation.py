@@ -26,13 +26,13 @@ from ml_collections import ConfigDict
 from naraim.data import orderings
 from naraim.data.config import token_budget
 from naraim.data.pipeline import make_eval_iterator
+from naraim.infra.mesh import global_batch, replicated
 from naraim.model.model import MODEL_INPUTS
 from naraim.model.sizes import patch_size
 from naraim.objectives import diffusion
 from naraim.objectives.mse import loss_weights, per_patch_error
 from naraim.objectives.targets import unnormalize
 from naraim.train import plots
-from naraim.train.mesh import global_batch, replicated
 
 
 def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_sharding) -> Callable:

@@ -11,11 +11,11 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from naraim.data.config import token_budget
+from naraim.infra.mesh import DATA_AXIS, state_shardings
 from naraim.model.model import MODEL_INPUTS
 from naraim.model.sizes import patch_size
 from naraim.objectives import diffusion
 from naraim.objectives.mse import loss_weights, per_patch_error, target_shares
-from naraim.train.mesh import DATA_AXIS, state_shardings
 
 
 def dummy_batch(cfg: ConfigDict, batch_size: int) -> dict:

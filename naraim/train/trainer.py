@@ -13,17 +13,17 @@ from ml_collections import ConfigDict
 from naraim.console import duration, progress, say
 from naraim.data.pipeline import make_train_iterator
 from naraim.errors import UserError
+from naraim.infra.checkpoint import Checkpointer, abstract_like, write_config
+from naraim.infra.mesh import global_batch, make_mesh
+from naraim.infra.metrics_log import MetricsLogger
+from naraim.infra.optimizer import make_optimizer
+from naraim.infra.workdir import CONFIG_FILE, MUTABLE_KEYS, WorkdirLock, check_resume_config, read_json
 from naraim.model.model import make_model
 from naraim.model.sizes import patch_size
 from naraim.stop_signals import raise_if_stopped, stop_signals
-from naraim.train.checkpoint import Checkpointer, abstract_like, write_config
 from naraim.train.config import fit_schedule, validate_pretrain_config
 from naraim.train.evaluation import Evaluator
-from naraim.train.mesh import global_batch, make_mesh
-from naraim.train.metrics_log import MetricsLogger
-from naraim.train.optimizer import make_optimizer
 from naraim.train.step import init_state, make_train_step
-from naraim.workdir import CONFIG_FILE, MUTABLE_KEYS, WorkdirLock, check_resume_config, read_json
 
 
 class TrainingDiverged(UserError):
@@ -40,7 +40,7 @@ def train(cfg: ConfigDict, workdir: str, force_config_change: bool = False) -> d
     """Pre-trains per `cfg` into `workdir`, resuming from its newest intact checkpoint if there is one.
 
     total_steps 0 saves the initialisation as checkpoint 0 (a random-init control for probes). A resumed run
-    must have the same config but for naraim.workdir.MUTABLE_KEYS (or force_config_change: recorded).
+    must have the same config but for naraim.infra.workdir.MUTABLE_KEYS (or force_config_change: recorded).
     Returns {'step', 'train_loss' (mean over the last logging window), 'val_loss' (last evaluation, if any)}.
     """
     requested = cfg.copy_and_resolve_references()

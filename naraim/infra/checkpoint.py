@@ -24,7 +24,7 @@ from ml_collections import ConfigDict
 
 from naraim.absl_quiet import absl_warnings_silenced
 from naraim.errors import UserError
-from naraim.workdir import CONFIG_FILE, atomic_write, read_json
+from naraim.infra.workdir import CONFIG_FILE, atomic_write, read_json
 
 CHECKPOINT_DIR = "checkpoints"
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
-from naraim.train.schedules import make_schedule
+from naraim.infra.schedules import make_schedule
 
 # Path components naming position-embedding tables/layers, the SOS token and the probe's learned query.
 _NO_DECAY_PATTERN = re.compile(r"pos|sos|query", re.IGNORECASE)

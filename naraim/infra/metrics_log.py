@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from naraim.workdir import atomic_write
+from naraim.infra.workdir import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 log = logging.getLogger("naraim")
