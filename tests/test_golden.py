@@ -7,12 +7,22 @@ images (float32, CPU) and compares the loss and gradient norm of every step and 
 probe case runs a two-block, two-rate attentive sweep on cached features of the first case's backbone and
 compares the selected head, every head's minival and validation top-1 and every head parameter. Record anew
 (only when behaviour is meant to change) with NARAIM_RECORD_GOLDEN=1 python -m pytest tests/test_golden.py.
+
+Bit for bit holds on the kind of machine that recorded the values (tests/golden/machine.json: the CPU's
+model and vector extensions, jax and jaxlib versions): XLA compiles float32 reductions differently for other
+CPUs, which moves the losses by about 1e-7 and, through Adam's normalised updates of near-zero gradients,
+parameters by up to about 2e-4 after 3 steps (measured between two AMD EPYC machines). On another machine
+the test checks losses, gradient norms and accuracies to rtol 1e-5 and parameters to atol 1e-3 instead, and
+says so in its skip-free output (a warning).
 """
 
 import json
 import os
+import platform
+import warnings
 
 import jax
+import jaxlib
 import numpy as np
 import pytest
 from probe_helpers import ROOT, load_config
@@ -22,6 +32,7 @@ from naraim.probe.runner import run_probe
 from naraim.train.trainer import train
 
 GOLDEN = os.path.join(ROOT, "tests", "golden", "values.npz")
+MACHINE = os.path.join(ROOT, "tests", "golden", "machine.json")
 RECORD = os.environ.get("NARAIM_RECORD_GOLDEN") == "1"
 # (name, overrides): every position embedding, attention mode and head, SOS on and off, both objectives,
 # every loss average, raw and normalised targets, AIM's architecture flags and gradient accumulation
@@ -128,7 +139,29 @@ def computed(tmp_path_factory) -> dict[str, np.ndarray]:
     out.update(_leaves("probe/params", restore_params(str(root / "probe"))[0]))
     if RECORD:
         np.savez_compressed(GOLDEN, **out)
+        with open(MACHINE, "w") as f:
+            json.dump(machine(), f, indent=1)
     return out
+
+
+def machine() -> dict:
+    """What XLA's CPU code generation depends on: the CPU model and vector extensions, jax and jaxlib."""
+    model, flags = "", []
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            if key.strip() == "flags" and not flags:
+                flags = sorted(f for f in value.split() if f.startswith(("avx", "fma", "sse", "amx")))
+    return {
+        "machine": platform.machine(),
+        "cpu": model,
+        "extensions": flags,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +175,15 @@ def golden() -> dict[str, np.ndarray]:
 def test_golden_values_are_reproduced_bit_for_bit(name, computed, golden):
     keys = sorted(k for k in golden if k.startswith(name + "/"))
     assert keys and keys == sorted(k for k in computed if k.startswith(name + "/"))
+    recorded_on = json.load(open(MACHINE))
+    if machine() == recorded_on:
+        for key in keys:
+            np.testing.assert_array_equal(computed[key], golden[key], err_msg=key)
+        return
+    warnings.warn(f"golden values from {recorded_on}, not this machine: within tolerances", stacklevel=1)
     for key in keys:
-        np.testing.assert_array_equal(computed[key], golden[key], err_msg=key)
+        tolerance = dict(atol=1e-3, rtol=0) if "/params" in key else dict(rtol=1e-5, atol=0)
+        np.testing.assert_allclose(computed[key], golden[key], err_msg=key, **tolerance)
 
 
 CONFIGS = os.path.join(ROOT, "tests", "golden", "configs.json")
