@@ -1,8 +1,8 @@
 """AIM-7B pre-training on square 224x224 images (AIM recipe; FSDP, bfloat16, MLP head). See
-naraim.train.recipes."""
+configs/common.py."""
 
-from naraim.train.recipes import aim_scale_config
+from configs import common
 
 
 def get_config(arg: str | None = None):
-    return aim_scale_config("AIM-7B")
+    return common.aim_scale_config("AIM-7B")

@@ -8,15 +8,15 @@ AIM's square geometry: RandomResizedCrop to 224x224 (area [0.4, 1]) + flip for t
 LayerNorm, bias-free trunk, exact GELU, MLP head, AdamW (0.9, 0.95), colour jitter): see configs/aim_600m.py.
 """
 
-from naraim.train.config import apply_variant, default_pretrain_config
-from naraim.train.recipes import naraim_reference, square_aim_data, vit_b14_imagenet
+from configs import common
+from naraim.train.config import default_pretrain_config
 
 
 def _base(cfg):
-    vit_b14_imagenet(cfg)
-    naraim_reference(cfg)
-    square_aim_data(cfg)
+    common.vit_b14_imagenet(cfg)
+    common.naraim_reference(cfg)
+    common.square_aim_data(cfg)
 
 
 def get_config(arg: str | None = None):
-    return apply_variant(default_pretrain_config(), arg or "base", {"base": _base})
+    return common.apply_variants(default_pretrain_config(), arg or "base", {"base": _base})

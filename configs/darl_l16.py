@@ -14,8 +14,8 @@ paper finds best for representations. Patch orderings: --config.data.ordering='n
 'round_robin(4)'. Evaluation: configs/probe.py:darl_linear (causal linear probe) and :darl_finetune.
 """
 
-from naraim.train.config import apply_variant, default_pretrain_config
-from naraim.train.recipes import square_aim_data
+from configs import common
+from naraim.train.config import default_pretrain_config
 
 STEPS_PER_EPOCH = 1_281_167 // 4096
 
@@ -33,7 +33,7 @@ def _diffusion(cfg):
     cfg.data.image_size = 224
     cfg.data.ordering = "raster"
     cfg.data.jpeg_draft = False
-    square_aim_data(cfg)
+    common.square_aim_data(cfg)
     cfg.loss.norm_pix = True
     cfg.loss.objective = "diffusion"
     cfg.loss.diffusion.beta_a = 1.0
@@ -72,4 +72,4 @@ def get_config(arg: str | None = None):
     cfg.checkpoint_every = 5 * STEPS_PER_EPOCH
     cfg.eval_every = 20 * STEPS_PER_EPOCH
     cfg.keep_every = 100 * STEPS_PER_EPOCH
-    return apply_variant(cfg, arg or "diffusion", VARIANTS)
+    return common.apply_variants(cfg, arg or "diffusion", VARIANTS)

@@ -7,8 +7,8 @@ darl     DARL: SOS token, causal, raster order, 2D RoPE, denoising head trained 
 darl_mse the same backbone with a linear head and the MSE objective
 """
 
-from naraim.train.config import apply_variant, default_pretrain_config
-from naraim.train.recipes import square_aim_data
+from configs import common
+from naraim.train.config import default_pretrain_config
 
 
 def _naraim(cfg):
@@ -26,7 +26,7 @@ def _naraim(cfg):
 
 def _aim(cfg):
     _naraim(cfg)
-    square_aim_data(cfg)
+    common.square_aim_data(cfg)
 
 
 def _darl_mse(cfg):
@@ -70,4 +70,4 @@ def get_config(arg: str | None = None):
     cfg.eval.batch_size = 32
     cfg.eval.num_images = 6
     cfg.wandb.mode = "disabled"
-    return apply_variant(cfg, arg or "naraim", VARIANTS)
+    return common.apply_variants(cfg, arg or "naraim", VARIANTS)

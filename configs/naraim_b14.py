@@ -13,13 +13,13 @@ its schedule formula (naraim_ref) and weight decay on every parameter, and the v
 (mse_ref, mse_ref_fixed_count) on its 49,664 validation images.
 """
 
-from naraim.train.config import apply_variant, default_pretrain_config
-from naraim.train.recipes import naraim_reference, vit_b14_imagenet
+from configs import common
+from naraim.train.config import default_pretrain_config
 
 
 def _base(cfg):
-    vit_b14_imagenet(cfg)
-    naraim_reference(cfg)
+    common.vit_b14_imagenet(cfg)
+    common.naraim_reference(cfg)
     cfg.data.max_tokens = 256
     cfg.data.transforms = ("native_aspect_ratio_resize", "horizontal_flip")
     cfg.data.eval_transforms = ("native_aspect_ratio_resize",)
@@ -56,4 +56,4 @@ VARIANTS = {
 
 
 def get_config(arg: str | None = None):
-    return apply_variant(default_pretrain_config(), arg or "base", VARIANTS)
+    return common.apply_variants(default_pretrain_config(), arg or "base", VARIANTS)

@@ -11,8 +11,8 @@ equal wall time, twice the updates of batch 64 probed better) and the schedule w
 accuracy). Any data.source works (folder:PATH, arrayrecord:GLOB, tfds:NAME).
 """
 
-from naraim.train.config import apply_variant, default_pretrain_config
-from naraim.train.recipes import square_aim_data
+from configs import common
+from naraim.train.config import default_pretrain_config
 
 
 def _naraim(cfg):
@@ -32,7 +32,7 @@ def _naraim(cfg):
 
 def _aim(cfg):
     _naraim(cfg)
-    square_aim_data(cfg)
+    common.square_aim_data(cfg)
 
 
 VARIANTS = {"naraim": _naraim, "aim": _aim}
@@ -55,4 +55,4 @@ def get_config(arg: str | None = None):
     cfg.eval.num_images = 6
     cfg.wandb.mode = "disabled"
     cfg.data.source = "synthetic"
-    return apply_variant(cfg, arg or "naraim", VARIANTS)
+    return common.apply_variants(cfg, arg or "naraim", VARIANTS)

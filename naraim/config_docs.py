@@ -1,75 +1,28 @@
-"""docs/configs.md, generated from the config definitions: every key, its default and the comment beside (or
-above) the line that sets it, so the page cannot drift from the code (tests/test_docs.py regenerates it)."""
+"""docs/configs.md, generated from the config definitions (the *_OPTIONS mappings next to the code each
+section configures): every key, its default and its meaning, so the page cannot drift from the code
+(tests/test_docs.py regenerates it)."""
 
-import ast
-import importlib.util
-import inspect
-import io
 import os
-import textwrap
-import tokenize
-from collections.abc import Callable
 
 from ml_collections import ConfigDict
 
-from naraim.data.config import default_data_config
-from naraim.infra.flags import flat_keys, load_config_file
-from naraim.model.config import default_model_config
-from naraim.objectives.config import default_loss_config
-from naraim.train import config as train_config
+from naraim.infra.flags import flat_keys, load_config_module
+from naraim.infra.options import helps
+from naraim.probe.config import PROBE_OPTIONS
+from naraim.train.config import PRETRAIN_OPTIONS, default_pretrain_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _comments(source: str) -> dict[int, str]:
-    """line number -> the comment on that line."""
-    out = {}
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            out[tok.start[0]] = tok.string.lstrip("#").strip()
-    return out
-
-
-def _chain(node: ast.AST) -> list[str] | None:
-    """['a', 'b'] for `var.a.b` (var: the config variable), else None."""
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    return parts[::-1] if isinstance(node, ast.Name) and parts else None
-
-
-def key_comments(function: Callable, prefix: str = "") -> dict[str, str]:
-    """{dotted key: comment} for every `var.a.b = ...` line of `function` (inline comment first, else the
-    comment lines right above it; a ConfigDict(dict(...)) value passes its comment to its keys)."""
-    lines, first = inspect.getsourcelines(function)
-    source = "".join(lines)
-    comments = {first + k - 1: v for k, v in _comments(source).items()}
-    code_lines = {
-        first + i for i, line in enumerate(lines) if line.strip() and not line.strip().startswith("#")
-    }
-    out = {}
-    for node in ast.walk(ast.parse(textwrap.dedent(source))):
-        if not isinstance(node, ast.Assign) or len(node.targets) != 1:
-            continue
-        chain = _chain(node.targets[0])
-        if chain is None:
-            continue
-        start, end = first + node.lineno - 1, first + node.end_lineno - 1
-        text = next((comments[n] for n in range(start, end + 1) if n in comments), "")
-        if not text:
-            above, n = [], start - 1
-            while n in comments and n not in code_lines:
-                above.insert(0, comments[n])
-                n -= 1
-            text = " ".join(above)
-        key = prefix + ".".join(chain)
-        if text or key not in out:  # a later bare re-assignment (a variant) keeps the documented comment
-            out[key] = text
-        if isinstance(node.value, ast.Call) and node.value.args and isinstance(node.value.args[0], ast.Call):
-            for kw in node.value.args[0].keywords:
-                out.setdefault(f"{key}.{kw.arg}", text)
-    return out
+# where each pre-training section is defined
+SECTION_FILES = {
+    "": "naraim/train/config.py",
+    "model": "naraim/model/config.py",
+    "data": "naraim/data/config.py",
+    "optim": "naraim/infra/optimizer.py",
+    "loss": "naraim/objectives/config.py",
+    "mesh": "naraim/infra/mesh.py",
+    "eval": "naraim/train/evaluation.py",
+    "wandb": "naraim/infra/metrics_log.py",
+}
 
 
 def _value(cfg: ConfigDict, key: str):
@@ -78,22 +31,18 @@ def _value(cfg: ConfigDict, key: str):
     return tuple(cfg) if isinstance(cfg, list) else cfg
 
 
-def _table(cfg: ConfigDict, comments: dict[str, str], keys: list[str]) -> list[str]:
+def _table(cfg: ConfigDict, meanings: dict[str, str], keys: list[str]) -> list[str]:
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for key in keys:
-        text = comments.get(key) or comments.get(key.rpartition(".")[0], "")
         value = repr(_value(cfg, key)).replace("|", "\\|")
-        rows.append(f"| `{key}` | `{value}` | {text.replace('|', '/')} |")
+        rows.append(f"| `{key}` | `{value}` | {meanings[key].replace('|', '/')} |")
     return rows
 
 
 def render() -> str:
     """The text of docs/configs.md."""
-    pretrain = train_config.default_pretrain_config()
-    comments = key_comments(train_config.default_pretrain_config)
-    comments.update(key_comments(default_model_config, "model."))
-    comments.update(key_comments(default_data_config, "data."))
-    comments.update(key_comments(default_loss_config, "loss."))
+    pretrain = default_pretrain_config()
+    meanings = helps(PRETRAIN_OPTIONS)
     lines = [
         "# Config keys",
         "",
@@ -101,7 +50,7 @@ def render() -> str:
         "checks that it is current). Override any key with `--config.KEY=VALUE`; the paper configs in "
         "`configs/` set their own values on top of these defaults (docs/reproducing.md).",
         "",
-        "## Pre-training (`scripts/pretrain.py`; defaults in `naraim/train/config.py`)",
+        "## Pre-training (`scripts/pretrain.py`; `naraim.train.config.default_pretrain_config`)",
         "",
     ]
     keys = flat_keys(pretrain)
@@ -110,22 +59,20 @@ def render() -> str:
         if "." in key:
             sections.setdefault(key.split(".")[0], []).append(key)
     for name, section_keys in sections.items():
-        lines += [f"### {name or 'trainer'}", ""] + _table(pretrain, comments, section_keys) + [""]
-    probe_module = os.path.join(ROOT, "configs", "probe.py")
-    probe = load_config_file(probe_module)
-    spec = importlib.util.spec_from_file_location("naraim_probe_config_doc", probe_module)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    probe_comments = key_comments(module.get_config)
+        lines += [f"### {name or 'trainer'} (`{SECTION_FILES[name]}`)", ""]
+        lines += _table(pretrain, meanings, section_keys) + [""]
+    probe_variants = load_config_module(os.path.join(ROOT, "configs", "probe.py"))
+    probe_module = probe_variants.get_config()
+
     lines += [
-        "## Probing (`scripts/probe.py`; `configs/probe.py`)",
+        "## Probing (`scripts/probe.py`; `naraim/probe/config.py`, variants in `configs/probe.py`)",
         "",
         "`data.*` keys are overrides of the pre-training run's data config (unset: the run's value); of "
         "`model.*` only compute settings may be set. Variants (comma-separated after `:`): "
-        + ", ".join(f"`{v}`" for v in module.VARIANTS)
+        + ", ".join(f"`{v}`" for v in probe_variants.VARIANTS)
         + " (see the file's docstring).",
         "",
     ]
-    probe_keys = [k for k in flat_keys(probe) if not k.startswith("data.")]
-    lines += _table(probe, probe_comments, probe_keys) + [""]
+    probe_keys = [k for k in flat_keys(probe_module) if not k.startswith("data.")]
+    lines += _table(probe_module, helps(PROBE_OPTIONS), probe_keys) + [""]
     return "\n".join(lines)

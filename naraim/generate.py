@@ -28,9 +28,10 @@ from ml_collections import ConfigDict
 from naraim.data.pipeline import make_eval_iterator
 from naraim.errors import UserError
 from naraim.infra.checkpoint import restore_params
-from naraim.model.model import MODEL_INPUTS, make_head, make_model
+from naraim.model.model import MODEL_INPUTS, make_model
 from naraim.model.sizes import patch_size
 from naraim.objectives import diffusion
+from naraim.objectives.objective import make_objective
 from naraim.objectives.targets import unnormalize
 from naraim.train.plots import patches_to_image
 
@@ -68,12 +69,7 @@ def make_complete_fn(model: nn.Module, cfg: ConfigDict, num_steps: int = 50) -> 
     attention = cfg.model.attention
     if attention == "bidirectional":
         raise UserError("generation needs a causal model: this run used model.attention='bidirectional'")
-    objective = cfg.loss.get("objective", "mse")
-    norm_pix, raw_scale = bool(cfg.loss.norm_pix), cfg.loss.get("raw_scale", "symmetric")
-    pixel_scale = cfg.loss.get("target_pixel_scale", "unit")
-    if objective == "diffusion":
-        diffusion_cfg = cfg.loss.diffusion
-        head = make_head(model.config)
+    objective = make_objective(model, cfg.loss)
 
     def complete(params, batch, prefix_length, rng):
         batch = {k: batch[k] for k in MODEL_INPUTS}
@@ -83,28 +79,13 @@ def make_complete_fn(model: nn.Module, cfg: ConfigDict, num_steps: int = 50) -> 
         keep = (position < prefix_length[:, None]) | (position >= batch["length"][:, None])
         patches = jnp.where(keep[..., None], original, jnp.zeros_like(original))
         prefix = prefix_length if attention == "prefix_causal" else None
-        head_inputs = None
-        if objective == "diffusion":
-            zeros = jnp.zeros((b, n), jnp.float32)
-            head_inputs = diffusion.head_inputs(jnp.zeros((b, n, k)), zeros, diffusion_cfg.append_gamma)
-
-        def sample_patch(out, j):
-            if objective != "diffusion":
-                return out["pred"][:, j]
-            features = out["aligned"][:, j][:, None]
-
-            def denoise(x_t, gamma):
-                inputs = diffusion.head_inputs(x_t[:, None], gamma[:, None], diffusion_cfg.append_gamma)
-                return head.apply({"params": params["head"]}, features, **inputs)[:, 0]
-
-            return diffusion.ddpm_sample(
-                jax.random.fold_in(rng, j), denoise, (b, k), num_steps, diffusion_cfg.predict
-            )
+        head_inputs = objective.init_head_inputs(b, n, k)
 
         def body(j, patches):
             inputs = dict(batch, patches=patches)
             out = model.apply({"params": params}, inputs, prefix_length=prefix, head_inputs=head_inputs)
-            new = to_uint8(sample_patch(out, j), original[:, j], norm_pix, raw_scale, pixel_scale)
+            sampled = objective.sample_patch(params, out, j, rng, num_steps)
+            new = to_uint8(sampled, original[:, j], **objective.targets)
             return patches.at[:, j].set(jnp.where(keep[:, j, None], patches[:, j], new))
 
         start = jnp.maximum(jnp.min(prefix_length), 1)
@@ -181,14 +162,14 @@ def generate_from_run(
         raise UserError(f"the split {split or cfg.data.val_split!r} has no images: pass another with --split")
     batch = {k: np.asarray(batch[k]) for k in (*MODEL_INPUTS, "valid")}
     prefix_length = prefix_lengths(batch["length"], prefix_fraction)
-    complete = make_complete_fn(make_model(cfg.model), cfg, num_steps)
+    model = make_model(cfg.model)
+    complete = make_complete_fn(model, cfg, num_steps)
     inputs = {k: jnp.asarray(batch[k]) for k in MODEL_INPUTS}
     completed = np.asarray(complete(params, inputs, prefix_length, jax.random.key(seed)))
     valid = batch["valid"]
     shown = {k: v[valid] for k, v in batch.items()}
     rows = completion_images(completed[valid], shown, prefix_length[valid], patch)
-    objective = cfg.loss.get("objective", "mse")
-    how = f"DDPM, {num_steps} steps" if objective == "diffusion" else "greedy"
+    how = make_objective(model, cfg.loss).describe_sampling(num_steps)
     if cfg.loss.norm_pix:
         how += ", patch mean/std from the original"
     path = out_path or os.path.join(init_from, f"completions_{step}.png")

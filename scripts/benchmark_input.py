@@ -17,7 +17,7 @@ import numpy as np
 import psutil
 
 from naraim.cli import ArgumentParser, run_main
-from naraim.data.config import default_data_config
+from naraim.data.config import default_data_config, validate_data_config
 from naraim.data.pipeline import make_train_iterator
 from naraim.data.profile import stage_seconds
 
@@ -66,6 +66,7 @@ def main() -> None:
     cfg.image_size, cfg.max_tokens = args.image_size, args.max_tokens
     cfg.num_workers, cfg.read_threads = args.num_workers, args.read_threads
     cfg.jpeg_draft, cfg.resample = bool(args.jpeg_draft), args.resample
+    validate_data_config(cfg, args.patch_size)
     it = make_train_iterator(cfg, patch_size=args.patch_size, global_batch_size=args.batch_size, seed=0)
     for _ in range(args.warmup):
         next(it)

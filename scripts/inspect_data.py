@@ -18,6 +18,7 @@ import numpy as np
 from absl import flags
 
 from naraim.cli import run_main
+from naraim.data.config import validate_data_config
 from naraim.data.pipeline import make_loader
 from naraim.data.sources.folder import FolderSource
 from naraim.data.tokens import unpatchify
@@ -43,6 +44,7 @@ def inspect(cfg, split: str, num: int, train: bool, seed: int) -> dict[str, np.n
     """The tokens of the first `num` usable examples of `split` (see the module docstring), stacked."""
     p = patch_size(cfg.model.variant)
     names = cfg.data.transforms if train else cfg.data.eval_transforms
+    validate_data_config(cfg.data, p)
     loader = make_loader(cfg.data, split, names, p, seed)
     rows = []
     for index in range(len(loader.source)):

@@ -2,22 +2,18 @@
 
 import atexit
 import functools
-import importlib.util
 import os
 import shutil
 import tempfile
+
+from naraim.infra.flags import load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name: str, arg: str = ""):
     """configs/<name>.py:get_config(arg)."""
-    spec = importlib.util.spec_from_file_location(
-        f"probe_test_cfg_{name}", os.path.join(ROOT, "configs", f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config_file(os.path.join(ROOT, "configs", f"{name}.py") + (f":{arg}" if arg else ""))
 
 
 @functools.cache

@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 
 from naraim.errors import UserError
-from naraim.probe.accuracy import Accumulator, topk_correct
-from naraim.probe.bins import DEFAULT_EDGES, assign_bins
-from naraim.probe.results import read_results, summarize, write_results
+from naraim.probe.results import (
+    DEFAULT_EDGES,
+    Accumulator,
+    assign_bins,
+    read_results,
+    summarize,
+    topk_correct,
+    write_results,
+)
 
 
 def test_bins_are_half_open_and_cover_wide_images():

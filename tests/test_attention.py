@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from naraim.model.attention import attention_mask, dot_product_attention
+from naraim.model.posemb import POSEMBS
 from naraim.model.vit import make_backbone
 
 P = 2
@@ -122,7 +123,7 @@ def test_padding_content_and_budget_do_not_change_real_outputs(run, mode):
         np.testing.assert_allclose(out[:, :12], ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("posemb", ["fractional", "learned", "rope_1d", "rope_2d"])
+@pytest.mark.parametrize("posemb", POSEMBS)
 def test_padding_invariance_holds_for_every_posemb(posemb):
     vit = make_backbone(dict(variant=f"Pico/{P}", posemb=posemb))
     b16, b32 = image_batch(3, 4, 16), image_batch(3, 4, 32, pad_value=200)

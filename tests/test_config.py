@@ -1,4 +1,3 @@
-import importlib.util
 import os
 import subprocess
 import sys
@@ -7,6 +6,7 @@ import pytest
 
 from naraim.data.config import token_budget
 from naraim.errors import UserError
+from naraim.infra.flags import load_config_file
 from naraim.model.sizes import patch_size
 from naraim.train.config import validate_pretrain_config
 
@@ -31,11 +31,7 @@ CONFIGS = [
 
 
 def load(spec: str):
-    path, _, arg = spec.partition(":")
-    spec = importlib.util.spec_from_file_location(f"cfg_{path[:-3]}", os.path.join(ROOT, "configs", path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    return load_config_file(os.path.join(ROOT, "configs", spec))
 
 
 @pytest.mark.parametrize("spec", CONFIGS)

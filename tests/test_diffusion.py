@@ -1,12 +1,12 @@
 """DARL diffusion: signal levels, forward-process moments, no-noise limit, DDPM sampling."""
 
-import importlib.util
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from probe_helpers import load_config
 
 from naraim.data.pipeline import make_train_iterator
 from naraim.errors import UserError
@@ -127,10 +127,7 @@ def test_validate_config_rejects_bad_values():
 
 
 def demo_darl_config(**overrides):
-    spec = importlib.util.spec_from_file_location("demo_cfg", os.path.join(ROOT, "configs", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config("darl")
+    cfg = load_config("demo", "darl")
     cfg.batch_size, cfg.data.image_size, cfg.data.max_tokens, cfg.total_steps = 8, 32, 16, 20
     cfg.optim.warmup_steps, cfg.optim.cooldown_steps = 2, 1
     cfg.update(overrides)

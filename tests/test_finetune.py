@@ -9,10 +9,9 @@ import pytest
 from probe_helpers import pretrain_workdir, tiny_probe_config
 
 from naraim.infra.checkpoint import restore_params
+from naraim.probe.finetune import cutmix, layer_scales, mix_batch, mixup
 from naraim.probe.heads import pool_tokens
-from naraim.probe.layer_decay import layer_scales
 from naraim.probe.loading import load_pretrained
-from naraim.probe.mixup import cutmix, mix_batch, mixup
 from naraim.probe.runner import run_probe
 
 

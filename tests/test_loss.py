@@ -3,7 +3,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from naraim.objectives.mse import loss_weights, next_patch_loss
+from naraim.model.model import make_model
+from naraim.objectives.config import default_loss_config
+from naraim.objectives.mse import loss_weights, next_patch_loss, per_patch_error
+from naraim.objectives.objective import MSE, Diffusion, first_target, make_objective
 from naraim.objectives.targets import patch_targets, unnormalize
 from naraim.train.step import draw_prefix
 
@@ -118,3 +121,34 @@ def test_targets_of_an_empty_batch_keep_their_shape():
     for pixel_scale in ("unit", "imagenet"):
         assert patch_targets(empty, True, pixel_scale=pixel_scale).shape == (0, 4, 12)
         assert unnormalize(jnp.zeros((0, 4, 12)), empty, True, pixel_scale=pixel_scale).shape == (0, 4, 12)
+
+
+def test_the_objective_is_chosen_once_and_gives_the_error_the_step_uses():
+    """make_objective picks MSE or Diffusion from loss.objective; MSE's error is per_patch_error of the
+    model's prediction; the first target is 0 with an SOS token, else 1."""
+
+    model = make_model(dict(variant="Pico/2", attention="causal"))
+    loss = default_loss_config()
+    assert isinstance(make_objective(model, loss), MSE)
+    loss_d = default_loss_config()
+    loss_d.objective = "diffusion"
+    assert isinstance(make_objective(model, loss_d), Diffusion)
+    assert (first_target(True), first_target(False)) == (0, 1)
+
+    patches = jax.random.randint(jax.random.PRNGKey(0), (2, 4, 12), 0, 256).astype(jnp.uint8)
+    coords = jnp.stack(jnp.meshgrid(jnp.arange(2), jnp.arange(2), indexing="ij"), -1).reshape(1, 4, 2)
+    batch = {
+        "patches": patches,
+        "coords": jnp.broadcast_to(coords, (2, 4, 2)),
+        "grid": jnp.full((2, 2), 2),
+        "length": jnp.array([4, 3]),
+    }
+    objective = make_objective(model, loss)
+    assert objective.init_head_inputs(1, 4, 12) is None
+    params = model.init(jax.random.PRNGKey(1), batch)["params"]
+    pred = model.apply({"params": params}, batch)["pred"]
+    expected = per_patch_error(pred, patches, loss.norm_pix, loss.raw_scale, loss.target_pixel_scale)
+    np.testing.assert_array_equal(objective.error(params, batch, jax.random.PRNGKey(2)), expected)
+    err, plotted = objective.evaluate(params, batch)
+    np.testing.assert_array_equal(err, expected)  # causal model: evaluation sees the same prediction
+    np.testing.assert_array_equal(plotted, pred)

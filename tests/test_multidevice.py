@@ -16,10 +16,7 @@ SCRIPT = r"""
 import json, os, sys
 import jax, numpy as np
 from jax.sharding import PartitionSpec as P
-sys.path.insert(0, "configs")
-import importlib.util
-spec = importlib.util.spec_from_file_location("demo", "configs/demo.py")
-demo = importlib.util.module_from_spec(spec); spec.loader.exec_module(demo)
+from naraim.infra.flags import load_config_file
 from naraim.data.pipeline import make_train_iterator
 from naraim.model.model import make_model
 from naraim.infra.mesh import global_batch, make_mesh
@@ -27,7 +24,7 @@ from naraim.infra.optimizer import make_optimizer
 from naraim.train.step import init_state, make_train_step
 
 assert jax.device_count() == 4
-base = demo.get_config("naraim")
+base = load_config_file("configs/demo.py:naraim")
 base.batch_size, base.data.image_size, base.data.max_tokens = 8, 32, 16
 base.optim.warmup_steps, base.optim.cooldown_steps, base.total_steps = 1, 1, 10
 it = make_train_iterator(base.data, patch_size=8, global_batch_size=8, seed=0)

@@ -18,15 +18,14 @@ from naraim.data.sources import open_source
 from naraim.errors import UserError
 from naraim.infra.checkpoint import restore_params
 from naraim.infra.optimizer import make_optimizer
-from naraim.probe import protocols, sweep
-from naraim.probe.classifier import make_classifier
+from naraim.model.model import dummy_batch
+from naraim.probe import protocols
+from naraim.probe.classifiers import apply_head, make_classifier
 from naraim.probe.knn import knn_correct, normalise
 from naraim.probe.loading import load_pretrained
-from naraim.probe.minival import split_minival
-from naraim.probe.protocols import make_sweep
+from naraim.probe.protocols import make_sweep, split_minival
 from naraim.probe.runner import prepare, run_probe
-from naraim.probe.step import init_params
-from naraim.train.step import dummy_batch
+from naraim.probe.step import init_state, make_train_step
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +171,11 @@ def test_unknown_variant_is_a_user_error():
         load_config("probe", "demo,bogus")
 
 
+def _sweep_step(sw, optimizer, schedule, cached):
+    """The probe's train step for a sweep with a unit-lr optimizer (each head's lr scales its updates)."""
+    return make_train_step(sw, optimizer, schedule, sw.head.num_classes, lrs=sw.lrs, cached=cached)
+
+
 def _setup(workdir, variants="", **overrides):
     """(cfg, sweep, backbone params, state, optimizer, schedule) of a frozen probe, unit-lr optimizer."""
     cfg = tiny_probe_config(workdir, variants)
@@ -185,7 +189,7 @@ def _setup(workdir, variants="", **overrides):
     unit = cfg.optim.copy_and_resolve_references()
     unit.lr = 1.0
     optimizer, schedule = make_optimizer(unit, cfg.total_steps)
-    return cfg, sw, bp, sweep.init_state(params, stats, optimizer, cfg.seed), optimizer, schedule
+    return cfg, sw, bp, init_state(params, stats, optimizer, cfg.seed, sw.heads), optimizer, schedule
 
 
 @pytest.mark.slow
@@ -193,7 +197,7 @@ def test_frozen_backbone_is_bit_identical_and_outside_the_optimizer(workdir):
     cfg, sw, backbone, state, optimizer, schedule = _setup(workdir)
     before = jax.tree.map(np.array, backbone)
     head_before = jax.tree.map(np.array, state["params"])
-    step = sweep.make_train_step(sw, optimizer, schedule, cached=False)
+    step = _sweep_step(sw, optimizer, schedule, cached=False)
     batch = _batch(cfg)
     for _ in range(3):
         state, metrics = step(state, backbone, batch)
@@ -226,11 +230,11 @@ def test_padding_never_influences_logits(workdir, variants):
     if variants == "finetune":
         cfg, backbone, backbone_np, classes = prepare(tiny_probe_config(workdir, variants))
         clf = make_classifier(cfg, backbone, classes)
-        params, stats = init_params(clf, backbone_np, dummy_batch(cfg, 1), 0)
+        params, stats = clf.init(backbone_np, dummy_batch(cfg, 1), 0)
         head_vars = {"params": params["head"], **({"batch_stats": stats} if stats else {})}
 
         def logits(b, train):
-            return clf.logits(head_vars, clf.features(params["backbone"], b), b["length"], train)[0]
+            return apply_head(clf.head, head_vars, clf.features(params["backbone"], b), b["length"], train)[0]
 
     else:
         cfg, sw, backbone, state, _, _ = _setup(workdir, variants)
@@ -240,7 +244,14 @@ def test_padding_never_influences_logits(workdir, variants):
         }
 
         def logits(b, train):
-            return sw.logits(head_vars, sw.features(sw.block_stack(backbone, b)), b["length"], train)[0]
+            return sw.apply(
+                head_vars["params"],
+                head_vars.get("batch_stats", {}),
+                sw.features(sw.block_stack(backbone, b)),
+                b["length"],
+                None,
+                train,
+            )[0]
 
     batch = _batch(cfg)
     assert int(batch["length"].min()) < batch["patches"].shape[1]  # some examples are padded
@@ -255,8 +266,8 @@ def test_padding_never_influences_logits(workdir, variants):
 def test_cached_step_equals_uncached_step(workdir, variants):
     cfg, sw, backbone, state, optimizer, schedule = _setup(workdir, variants)
     batch = _batch(cfg)
-    uncached = sweep.make_train_step(sw, optimizer, schedule, cached=False)
-    cached = sweep.make_train_step(sw, optimizer, schedule, cached=True)
+    uncached = _sweep_step(sw, optimizer, schedule, cached=False)
+    cached = _sweep_step(sw, optimizer, schedule, cached=True)
     features = {
         "features": sw.block_stack(backbone, batch),
         "length": batch["length"],
@@ -288,7 +299,14 @@ def test_linear_probe_caches_pooled_features_and_reads_the_mean_of_the_real_toke
     feats = np.asarray(tokens_sw.features(tokens))  # [F, B, N, D]
     means = (feats * real[None, :, :, None]).sum(2) / real.sum(1)[None, :, None]  # [F, B, D]
     head_vars = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    logits, _ = sw.logits(head_vars, sw.features(pooled), batch["length"], train=False)
+    logits, _ = sw.apply(
+        head_vars["params"],
+        head_vars.get("batch_stats", {}),
+        sw.features(pooled),
+        batch["length"],
+        None,
+        False,
+    )
     kernel, bias = state["params"]["classifier"]["kernel"], state["params"]["classifier"]["bias"]
     stats = state["batch_stats"]["bn"]
     normed = (means[:, None] - stats["mean"][:, :, None]) / np.sqrt(stats["var"][:, :, None] + 1e-6)
@@ -308,8 +326,8 @@ def test_a_sweeps_heads_never_interact_not_even_through_clipping(workdir, varian
     cfg, one, _, state1, _, _ = _setup(
         workdir, variants, **{"probe.blocks": "0", "probe.lrs": (1e-2,), **clip}
     )
-    step2 = sweep.make_train_step(two, opt, sched, cached=False)
-    step1 = sweep.make_train_step(one, opt, sched, cached=False)
+    step2 = _sweep_step(two, opt, sched, cached=False)
+    step1 = _sweep_step(one, opt, sched, cached=False)
     batch = _batch(cfg)
     for _ in range(3):
         state2, m2 = step2(state2, bp, batch)
@@ -320,8 +338,10 @@ def test_a_sweeps_heads_never_interact_not_even_through_clipping(workdir, varian
         for (path, a), b in zip(
             jax.tree_util.tree_leaves_with_path(shared), jax.tree.leaves(state1[key]), strict=True
         ):
+            # rtol 1e-5: a vmapped pair of heads reduces in another order than one head on some CPUs (7e-6
+            # seen on AVX-512); clipping by a norm over both heads would move them by far more
             np.testing.assert_allclose(
-                a, b, rtol=1e-6, atol=1e-7, err_msg=f"{key}{jax.tree_util.keystr(path)}"
+                a, b, rtol=1e-5, atol=1e-6, err_msg=f"{key}{jax.tree_util.keystr(path)}"
             )
 
 

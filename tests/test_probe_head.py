@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from naraim.errors import UserError
-from naraim.model.probe_head import MaskedBatchNorm, ProbeHead, ReferenceProbeHead, single_query_attention
 from naraim.model.vit import make_backbone
 from naraim.probe import features as F
+from naraim.probe.heads import MaskedBatchNorm, ProbeHead, ReferenceProbeHead, single_query_attention
 
 
 def padded_images(budget: int, pad_value: int) -> dict:

@@ -19,9 +19,9 @@ from naraim.infra.schedules import naraim_ref_schedule
 from naraim.model.attention import SelfAttention, attention_mask
 from naraim.model.pixels import scale_pixels
 from naraim.model.posemb import Fractional, absolute_sincos_2d
-from naraim.model.probe_head import ProbeHead, ReferenceProbeHead
 from naraim.objectives.mse import loss_weights, next_patch_loss, per_patch_error
 from naraim.objectives.targets import patch_targets
+from naraim.probe.heads import ProbeHead, ReferenceProbeHead
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 PHOTOS = os.path.join(ROOT, "..", "shared", "datasets", "clothing-small")

@@ -227,3 +227,21 @@ def test_prepare_data_script_reports_a_missing_folder_in_one_line(tmp_path):
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error: image folder") and "\n" not in proc.stderr.strip()
+
+
+def test_a_run_lists_a_folder_once(tmp_path, monkeypatch):
+    """open_source returns the same source for the same settings (a probe opens its training split for the
+    iterator, the minival split and the class count), and lists the folder again once it changed."""
+    root = _class_folder(tmp_path)
+    listings = []
+    original = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path=".": listings.append(path) or original(path))
+    cfg = _cfg(f"folder:{root}")
+    first = open_source(cfg, "train")
+    listed = len(listings)
+    assert listed > 0 and open_source(cfg, "train") is first and len(listings) == listed
+    os.mkdir(os.path.join(root, "c_birds"))
+    Image.new("RGB", (8, 8)).save(os.path.join(root, "c_birds", "0.png"))
+    os.utime(root, ns=(os.stat(root).st_atime_ns, os.stat(root).st_mtime_ns + 10**9))
+    again = open_source(cfg, "train")
+    assert again is not first and again.classes[-1] == "c_birds"

@@ -1,10 +1,10 @@
-import importlib.util
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from probe_helpers import load_config
 
 from naraim.data.pipeline import make_eval_iterator
 from naraim.infra.mesh import make_mesh, replicated
@@ -16,10 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def demo_config(variant: str):
-    spec = importlib.util.spec_from_file_location("demo_eval", os.path.join(ROOT, "configs", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config(variant)
+    cfg = load_config("demo", variant)
     cfg.data.image_size, cfg.data.max_tokens = 32, 16
     cfg.eval.num_examples, cfg.eval.batch_size, cfg.eval.num_images = 12, 8, 3
     return cfg

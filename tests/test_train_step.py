@@ -1,10 +1,10 @@
-import importlib.util
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from probe_helpers import load_config
 
 from naraim.data.pipeline import make_train_iterator
 from naraim.infra.mesh import global_batch, make_mesh
@@ -16,10 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**model):
-    spec = importlib.util.spec_from_file_location("demo_cfg", os.path.join(ROOT, "configs", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config("naraim")
+    cfg = load_config("demo", "naraim")
     cfg.batch_size, cfg.data.image_size, cfg.data.max_tokens, cfg.total_steps = 4, 32, 16, 10
     cfg.optim.warmup_steps, cfg.optim.cooldown_steps = 1, 1
     cfg.model.update(model)

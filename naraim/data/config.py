@@ -8,6 +8,7 @@ import ml_collections
 from naraim.data import orderings, synthetic
 from naraim.data.transforms import CROP_CHOICES, NATIVE_CROPS, NATIVE_GRIDS, RESAMPLES, TRANSFORM_NAMES
 from naraim.errors import UserError
+from naraim.infra.options import Option, section
 
 # Transforms whose output sides are multiples of the patch size.
 SIZING_TRANSFORMS = (
@@ -19,59 +20,85 @@ SIZING_TRANSFORMS = (
 SOURCE_KINDS = ("synthetic", "folder:PATH", "tfds:NAME", "arrayrecord:GLOB")
 
 
+DATA_OPTIONS = {
+    "source": Option("synthetic", "'synthetic' | 'folder:PATH' | 'tfds:NAME' | 'arrayrecord:GLOB'"),
+    "image_size": Option(224, "S: images are resized to about S*S pixels"),
+    "max_tokens": Option(
+        256, "N: token budget every example is padded to; 0 = (image_size / patch)^2, the square grid"
+    ),
+    "transforms": Option(("native_aspect_ratio_resize", "horizontal_flip"), "training, applied in order"),
+    "eval_transforms": Option(("native_aspect_ratio_resize",), "evaluation and probes' validation, in order"),
+    "ordering": Option("raster", "patch order: 'raster' | 'nested_raster(b)' | 'round_robin(b)' (DARL)"),
+    "num_workers": Option(0, "grain worker processes (0: decode in the main process)"),
+    "read_threads": Option(4, "threads per process reading examples (PIL releases the GIL)"),
+    "prefetch_batches": Option(2, "batches each worker process keeps ready"),
+    "shuffle": Option(True, "a seeded shuffle of the training split every epoch"),
+    "train_split": Option("train", "the split pre-training (and probe training) reads"),
+    "val_split": Option("validation", "the split evaluation reads"),
+    "crop_scale": Option(
+        (0.4, 1.0), "random_crop_native / random_resized_crop: area fraction range (NARAIM and AIM)"
+    ),
+    "crop_ratio": Option((3 / 4, 4 / 3), "width/height range of the crops (log-uniform)"),
+    "crop_choice": Option(
+        "first",
+        "of the 10 (area, ratio) draws, the crop kept: the 'first' that fits (torchvision) | the 'last' "
+        "(the NARAIM reference's RandomCrop and RandomResizedCrop)",
+    ),
+    "horizontal_flip_prob": Option(0.5, "horizontal_flip: probability of a mirror"),
+    "resample": Option(
+        "box_bilinear",
+        "resampling of every resize: 'box_bilinear' (BOX shrinking, BILINEAR enlarging) | 'bicubic' "
+        "(the papers')",
+    ),
+    "native_grid": Option(
+        "exact",
+        "native_aspect_ratio_resize grid: 'exact' | 'reference' (the NARAIM code's integer truncation)",
+    ),
+    "native_crop": Option(
+        "center",
+        "native_aspect_ratio_resize crop: 'center' (the NARAIM code) | 'top_left' (its paper's text)",
+    ),
+    "color_jitter": Option(
+        (0.4, 0.4, 0.2, 0.1),
+        "color_jitter transform: torchvision ColorJitter(brightness, contrast, saturation, hue)",
+    ),
+    "color_jitter_prob": Option(0.8, "color_jitter: probability that an image is jittered"),
+    "rand_augment": {
+        "num_ops": Option(2, "rand_augment transform (timm's rand-m9-mstd0.5): operations per image"),
+        "magnitude": Option(9.0, "rand_augment: magnitude in [0, 10]"),
+        "magnitude_std": Option(0.5, "rand_augment: standard deviation of the magnitude"),
+        "prob": Option(0.5, "rand_augment: probability that each operation is applied"),
+    },
+    "jpeg_draft": Option(
+        True,
+        "decode large JPEGs at a reduced DCT scale that keeps the pixels the transforms need (False: "
+        "full size)",
+    ),
+    "max_pixels": Option(100_000_000, "larger images are skipped (named in a warning) before decoding"),
+    "max_file_bytes": Option(
+        64 * 2**20, "folder sources: larger files are skipped (named) without being read"
+    ),
+    "holdout_fraction": Option(
+        0.1, "folder:PATH without split folders: fraction of each class held out as the validation split"
+    ),
+    "holdout_seed": Option(0, "seeds that held-out validation split"),
+    "tfds_data_dir": Option("", "'' -> TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)"),
+    "synthetic": {
+        "num_classes": Option(10, "shape classes of the synthetic images (at most 10)"),
+        "min_side": Option(
+            0, "shorter side of the synthetic images in px; 0: max(32, 2/7 S), 64 px at S = 224"
+        ),
+        "max_side": Option(0, "longer side of the synthetic images in px; 0: 10/7 S, 320 px at S = 224"),
+        "train_size": Option(100_000, "synthetic training images"),
+        "validation_size": Option(2_000, "synthetic validation images"),
+        "test_size": Option(2_000, "synthetic test images"),
+    },
+}
+
+
 def default_data_config() -> ml_collections.ConfigDict:
     """Every `data.*` key with its default: the NARAIM evaluation geometry on synthetic images."""
-    cfg = ml_collections.ConfigDict()
-    cfg.source = "synthetic"  # 'synthetic' | 'folder:PATH' | 'tfds:NAME' | 'arrayrecord:GLOB'
-    cfg.image_size = 224  # S: images are resized to about S*S pixels
-    cfg.max_tokens = (
-        256  # N: token budget every example is padded to; 0 = (image_size / patch)^2, the square grid
-    )
-    cfg.transforms = ("native_aspect_ratio_resize", "horizontal_flip")  # training, applied in order
-    cfg.eval_transforms = ("native_aspect_ratio_resize",)  # evaluation and probes' validation, in order
-    cfg.ordering = "raster"  # patch order: 'raster' | 'nested_raster(b)' | 'round_robin(b)' (DARL)
-    cfg.num_workers = 0  # grain worker processes (0: decode in the main process)
-    cfg.read_threads = 4  # threads per process reading examples (PIL releases the GIL)
-    cfg.prefetch_batches = 2  # batches each worker process keeps ready
-    cfg.shuffle = True  # a seeded shuffle of the training split every epoch
-    cfg.train_split = "train"  # the split pre-training (and probe training) reads
-    cfg.val_split = "validation"  # the split evaluation reads
-    # random_crop_native / random_resized_crop: area fraction and width/height ranges (NARAIM and AIM).
-    cfg.crop_scale = (0.4, 1.0)
-    cfg.crop_ratio = (3 / 4, 4 / 3)  # width/height range of the crops (log-uniform)
-    # of the 10 (area, ratio) draws, the crop kept: the 'first' that fits (torchvision) | the 'last' (the
-    # NARAIM reference's RandomCrop and RandomResizedCrop)
-    cfg.crop_choice = "first"
-    cfg.horizontal_flip_prob = 0.5  # horizontal_flip: probability of a mirror
-    # Resampling of every resize: 'box_bilinear' (BOX shrinking, BILINEAR enlarging) | 'bicubic' (the papers')
-    cfg.resample = "box_bilinear"
-    # native_aspect_ratio_resize: grid 'exact' | 'reference' (the NARAIM code's integer truncation); crop
-    # 'center' (the NARAIM code) | 'top_left' (the NARAIM paper's text)
-    cfg.native_grid = "exact"
-    cfg.native_crop = "center"  # native_aspect_ratio_resize crop: 'center' / 'top_left'
-    # color_jitter transform: torchvision ColorJitter(brightness, contrast, saturation, hue), with probability
-    cfg.color_jitter = (0.4, 0.4, 0.2, 0.1)
-    cfg.color_jitter_prob = 0.8  # color_jitter: probability that an image is jittered
-    # rand_augment transform: timm's rand-m9-mstd0.5 (num_ops 2, each applied with probability prob)
-    cfg.rand_augment = ml_collections.ConfigDict(dict(num_ops=2, magnitude=9.0, magnitude_std=0.5, prob=0.5))
-    # decode large JPEGs at a reduced DCT scale that keeps the pixels the transforms need (False: full size)
-    cfg.jpeg_draft = True
-    cfg.max_pixels = 100_000_000  # larger images are skipped (named in a warning) before decoding
-    cfg.max_file_bytes = 64 * 2**20  # folder sources: larger files are skipped (named) without being read
-    # folder:PATH without split folders: fraction of each class held out as the validation split.
-    cfg.holdout_fraction = 0.1
-    cfg.holdout_seed = 0  # seeds that held-out validation split
-    cfg.tfds_data_dir = ""  # '' -> TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
-    cfg.synthetic = ml_collections.ConfigDict()
-    cfg.synthetic.num_classes = 10  # shape classes of the synthetic images (at most 10)
-    # Sides of the generated images in pixels (shorter >= min_side, longer <= max_side); 0 -> relative to
-    # image_size: min_side = max(32, 2/7 S), max_side = 10/7 S, i.e. 64..320 px at S = 224.
-    cfg.synthetic.min_side = 0
-    cfg.synthetic.max_side = 0  # longer side of the synthetic images in px (0: relative to image_size)
-    cfg.synthetic.train_size = 100_000  # synthetic training images
-    cfg.synthetic.validation_size = 2_000  # synthetic validation images
-    cfg.synthetic.test_size = 2_000  # synthetic test images
-    return cfg
+    return section(DATA_OPTIONS)
 
 
 def synthetic_sides(cfg: ml_collections.ConfigDict) -> tuple[int, int]:

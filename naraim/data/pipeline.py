@@ -31,12 +31,12 @@ from absl import flags
 from PIL import Image
 
 from naraim.data import orderings
-from naraim.data.config import token_budget, validate_data_config
+from naraim.data.config import token_budget
 from naraim.data.decode import decode_image, upscale_to_patch
 from naraim.data.sources import Source, open_source
 from naraim.data.sources.base import UnusableExample
 from naraim.data.tokens import to_tokens
-from naraim.data.transforms import Transform, apply_transforms, make_transform, min_source_pixels
+from naraim.data.transforms import Transform, apply_transforms, min_source_pixels, transforms_from_config
 from naraim.errors import UserError
 
 log = logging.getLogger("naraim.data")
@@ -165,28 +165,9 @@ def make_loader(
 ) -> ExampleLoader:
     """The ExampleLoader of `split` with the transforms `names` (data_cfg's geometry and options)."""
     s, n = int(data_cfg.image_size), token_budget(data_cfg, patch_size)
-    transforms = tuple(
-        make_transform(
-            t,
-            image_size=s,
-            patch_size=patch_size,
-            max_tokens=n,
-            crop_scale=data_cfg.crop_scale,
-            crop_ratio=data_cfg.crop_ratio,
-            crop_choice=data_cfg.crop_choice,
-            flip_prob=float(data_cfg.horizontal_flip_prob),
-            resample=data_cfg.resample,
-            native_grid=data_cfg.native_grid,
-            native_crop=data_cfg.native_crop,
-            jitter=tuple(data_cfg.color_jitter),
-            jitter_prob=float(data_cfg.color_jitter_prob),
-            rand_augment_args=dict(data_cfg.rand_augment),
-        )
-        for t in names
-    )
     return ExampleLoader(
         source=open_source(data_cfg, split),
-        transforms=transforms,
+        transforms=transforms_from_config(data_cfg, names, patch_size, n),
         patch_size=patch_size,
         max_tokens=n,
         seed=int(seed),
@@ -240,12 +221,12 @@ def make_train_iterator(
     process_count: int = 1,
     indices: np.ndarray | None = None,
 ) -> grain.DatasetIterator:
-    """Endless iterator of training batches (numpy dicts, per-process batch = global / process_count).
+    """Endless iterator of training batches (numpy dicts, per-process batch = global / process_count);
+    data_cfg has passed validate_data_config (each entry point validates its config once).
 
     indices: the source indices of data.train_split to train on (default: all of them).
     Supports get_state() -> dict and set_state(dict): the restored iterator yields the same next batches.
     """
-    validate_data_config(data_cfg, patch_size)
     batch = _per_process_batch(global_batch_size, process_count)
     loader = make_loader(data_cfg, data_cfg.train_split, data_cfg.transforms, patch_size, seed)
     loader.require_usable()
@@ -294,7 +275,6 @@ def make_eval_iterator(
     """Re-iterable evaluation batches with 'valid' bool [B]: each of the first `max_examples` examples of
     `split` (or of its source indices `indices`, in that order) appears exactly once over all processes;
     padding (and unusable images) have valid False. Every process yields the same number of batches."""
-    validate_data_config(data_cfg, patch_size)
     batch = _per_process_batch(global_batch_size, process_count)
     loader = make_loader(data_cfg, split, data_cfg.eval_transforms, patch_size, 0)
     loader.require_usable()

@@ -20,7 +20,8 @@ width int(S*S/height)); its crop: 'center' (the reference code) or 'top_left' (t
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -308,6 +309,31 @@ def make_transform(
     if name not in bound:
         raise ValueError(f"unknown transform {name!r}; known: {', '.join(bound)}")
     return bound[name]
+
+
+def transforms_from_config(
+    data_cfg: Mapping[str, Any], names: Sequence[str], patch_size: int, max_tokens: int
+) -> tuple[Transform, ...]:
+    """The transforms `names`, in order, with the parameters of the `data` config section bound."""
+    return tuple(
+        make_transform(
+            t,
+            image_size=int(data_cfg["image_size"]),
+            patch_size=patch_size,
+            max_tokens=max_tokens,
+            crop_scale=data_cfg["crop_scale"],
+            crop_ratio=data_cfg["crop_ratio"],
+            crop_choice=data_cfg["crop_choice"],
+            flip_prob=float(data_cfg["horizontal_flip_prob"]),
+            resample=data_cfg["resample"],
+            native_grid=data_cfg["native_grid"],
+            native_crop=data_cfg["native_crop"],
+            jitter=tuple(data_cfg["color_jitter"]),
+            jitter_prob=float(data_cfg["color_jitter_prob"]),
+            rand_augment_args=dict(data_cfg["rand_augment"]),
+        )
+        for t in names
+    )
 
 
 def draws_randomness(names: Sequence[str], flip_prob: float) -> bool:

@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from types import ModuleType
 
 from absl import flags
 from ml_collections import ConfigDict, config_flags
@@ -23,15 +24,30 @@ def define_config_flag(name: str = "config") -> flags.FlagHolder:
     )
 
 
-def load_config_file(spec: str) -> ConfigDict:
-    """get_config(variant) of a config file given as 'path.py[:variant]' (what --config takes)."""
-    path, _, arg = spec.partition(":")
+def make_package_importable(path: str) -> None:
+    """A config file inside a package (configs/__init__.py) imports its siblings (`from configs import
+    common`): the folder above the package goes on sys.path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    root = os.path.dirname(folder)
+    if os.path.isfile(os.path.join(folder, "__init__.py")) and root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def load_config_module(path: str) -> ModuleType:
+    """The config file at `path` as a module (its get_config, its VARIANTS)."""
     if not os.path.exists(path):
         raise UserError(f"config file {path!r} not found")
+    make_package_importable(path)
     module_spec = importlib.util.spec_from_file_location(f"naraim_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    return module
+
+
+def load_config_file(spec: str) -> ConfigDict:
+    """get_config(variant) of a config file given as 'path.py[:variant]' (what --config takes)."""
+    path, _, arg = spec.partition(":")
+    return load_config_module(path).get_config(arg or None)
 
 
 def flat_keys(cfg: ConfigDict, prefix: str = "") -> list[str]:
@@ -131,6 +147,8 @@ def parse_flags(
     file_part = path.split(":", 1)[0]
     if file_part and not os.path.exists(file_part):
         raise UserError(f"config file {file_part!r} not found: pass --{name}=configs/<file>.py[:variant]")
+    if file_part:
+        make_package_importable(file_part)
     try:
         flags.FLAGS(argv)
     except flags.Error as e:

@@ -5,7 +5,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from naraim.infra.options import Option
+
 DATA_AXIS = "data"
+MESH_OPTIONS = {"fsdp": Option(False, "shard params and optimizer state over the data axis")}
 
 
 def make_mesh(devices: list | None = None) -> Mesh:

@@ -10,10 +10,18 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from naraim.infra.options import Option
 from naraim.infra.workdir import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 log = logging.getLogger("naraim")
+
+WANDB_MODES = ("disabled", "offline", "online")
+WANDB_OPTIONS = {
+    "mode": Option("offline", "'disabled' | 'offline' (into WORKDIR/wandb) | 'online'"),
+    "project": Option("naraim", "wandb project"),
+    "name": Option("", "'' -> workdir basename"),
+}
 
 
 def _plain(value):

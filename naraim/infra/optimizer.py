@@ -8,7 +8,34 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
-from naraim.infra.schedules import make_schedule
+from naraim.errors import UserError
+from naraim.infra.options import Option
+from naraim.infra.schedules import SCHEDULES, make_schedule
+
+OPTIMIZERS = ("adamw", "lars")
+DECAY_MASKS = ("kernels", "all")
+OPTIM_OPTIONS = {
+    "optimizer": Option("adamw", "'adamw' | 'lars' (b1 is its momentum)"),
+    "schedule": Option(
+        "naraim",
+        "'naraim': warmup, exponential decay to lr * decay_rate at the end, times a linear ramp over the "
+        "cooldown; 'naraim_ref': the reference code's formula (naraim/infra/schedules.py); 'cosine'; "
+        "'constant'",
+    ),
+    "lr": Option(1e-3, "peak learning rate"),
+    "warmup_steps": Option(5_000, "linear warmup from 0"),
+    "decay_rate": Option(0.1, "naraim, naraim_ref: the exponential decays to lr * decay_rate"),
+    "cooldown_steps": Option(10_000, "naraim, naraim_ref: linear ramp down over the last steps"),
+    "end_lr": Option(0.0, "cosine: final lr; naraim_ref: floor of the cooldown"),
+    "b1": Option(0.9, "AdamW beta1 (LARS: momentum)"),
+    "b2": Option(0.98, "AdamW beta2"),
+    "eps": Option(1e-8, "AdamW epsilon"),
+    "weight_decay": Option(0.01, "decoupled weight decay (times the learning rate)"),
+    "decay": Option(
+        "kernels", "weight decay on 'kernels' (Dense kernels outside position embeddings) | 'all'"
+    ),
+    "clip_norm": Option(1.0, "0: no clipping"),
+}
 
 # Path components naming position-embedding tables/layers, the SOS token and the probe's learned query.
 _NO_DECAY_PATTERN = re.compile(r"pos|sos|query", re.IGNORECASE)
@@ -81,3 +108,24 @@ def make_optimizer(
             )
         )
     return optax.chain(*parts), schedule
+
+
+def validate_optim_config(optim: ConfigDict, total_steps: int) -> None:
+    """Raises UserError naming the first bad `optim.*` value of a pre-training run of `total_steps`."""
+    if optim.schedule not in SCHEDULES:
+        raise UserError(f"optim.schedule={optim.schedule!r}; use one of {', '.join(SCHEDULES)}")
+    if optim.lr <= 0 or optim.warmup_steps < 0 or optim.cooldown_steps < 0:
+        raise UserError(
+            f"optim.lr must be > 0 (got {optim.lr}) and optim.warmup_steps, optim.cooldown_steps >= 0 "
+            f"(got {optim.warmup_steps}, {optim.cooldown_steps})"
+        )
+    cooldown = optim.cooldown_steps if optim.schedule in ("naraim", "naraim_ref") else 0
+    if total_steps and optim.schedule != "constant" and optim.warmup_steps + cooldown > total_steps:
+        raise UserError(
+            f"optim.warmup_steps + optim.cooldown_steps = {optim.warmup_steps + cooldown} "
+            f"exceed total_steps={total_steps}; shorten them or train longer"
+        )
+    if optim.optimizer not in OPTIMIZERS:
+        raise UserError(f"optim.optimizer={optim.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    if optim.decay not in DECAY_MASKS:
+        raise UserError(f"optim.decay={optim.decay!r}; use one of {', '.join(DECAY_MASKS)}")

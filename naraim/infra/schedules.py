@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
+SCHEDULES = ("naraim", "naraim_ref", "cosine", "constant")
+
 
 def naraim_schedule(
     peak_lr: float, total_steps: int, warmup_steps: int, decay_rate: float, cooldown_steps: int

@@ -4,6 +4,7 @@ import jax
 import ml_collections
 
 from naraim.errors import UserError
+from naraim.infra.options import Option, overlay, section
 from naraim.model import posemb, sizes
 from naraim.model.attention import ATTENTION_MODES
 from naraim.model.init import INITS
@@ -25,66 +26,95 @@ ATTENTION_IMPLS = ("", "xla", "cudnn")
 CUDNN_HEAD_DIMS = (64, 128)  # head dimensions the automatic choice sends to cuDNN (its fused kernels' sizes)
 
 
+MODEL_OPTIONS = {
+    "variant": Option("B/14", "'<size>/<patch>' (naraim.model.sizes.SIZES) or 'AIM-0.6B' .. 'AIM-7B'"),
+    "posemb": Option("absolute_sincos_2d", "one of naraim.model.posemb.POSEMBS"),
+    "attention": Option("prefix_causal", "'causal' | 'prefix_causal' | 'bidirectional'"),
+    "head": Option(
+        "linear", "pre-training head: 'linear' | 'mlp' | 'denoising' (DARL: loss.objective='diffusion')"
+    ),
+    "head_depth": Option(12, "mlp head: residual MLP blocks"),
+    "head_width": Option(
+        0, "mlp head: its own width behind a Dense input projection; 0 = the backbone's, no projection"
+    ),
+    "head_mlp_ratio": Option(4.0, "mlp head: hidden width of each block = ratio x head width"),
+    "dtype": Option("float32", "compute dtype ('float32' | 'bfloat16'); parameters are always float32"),
+    "residual_dtype": Option(
+        "", "dtype of the residual stream and `encoded`: '' = dtype; 'float32' (NARAIM reference)"
+    ),
+    "pixel_scale": Option(
+        "imagenet", "model input: 'imagenet' (x/255 - mean) / std (AIM) | 'unit' x/255 (NARAIM ref)"
+    ),
+    "patch_norm": Option(False, "LayerNorm after the patch embedding (AIM)"),
+    "use_bias": Option(True, "biases in the blocks' attention and MLP layers (AIM's trunk has none)"),
+    "gelu": Option("tanh", "'tanh' approximation (flax's default) | 'exact' erf GELU (AIM, torch's default)"),
+    "norm_eps": Option(1e-6, "LayerNorm epsilon of the backbone and the mlp head (AIMv1 training: 1e-5)"),
+    "weight_init": Option(
+        "lecun",
+        "kernels: 'lecun' normal (flax's default) | 'xavier' uniform (MAE, DARL: the fused q/k/v kernel as "
+        "one D x 3D matrix) | 'xavier_separate_qkv' (l3m's AIMv1: q, k and v each as a D x D matrix)",
+    ),
+    "fractional_scale": Option(
+        "count",
+        "fractional posemb: row / rows ('count', NaViT) | row / (rows - 1) ('max_index', the NARAIM "
+        "reference; 0 on a one-row grid, where the reference gives NaN)",
+    ),
+    "drop_path": Option(
+        0.0,
+        "stochastic depth of fine-tuning (configs/probe.py; rising linearly to this rate at the last block); "
+        "0: off. Pre-training keeps it 0; it needs model.scan False",
+    ),
+    "denoiser": {
+        "depth": Option(1, "denoising head (DARL): transformer blocks over [feature, noisy patch]"),
+        "width": Option(0, "denoising head: width; 0 = the backbone's"),
+        "heads": Option(0, "denoising head: attention heads; 0 = the backbone's"),
+        "mlp_ratio": Option(4.0, "denoising head: MLP width / width"),
+    },
+    "remat": Option("", "'' = off, else a policy name in REMAT_POLICIES"),
+    "scan": Option(False, "nn.scan over the blocks (faster compile for deep models; changes the param tree)"),
+    "sos_token": Option(False, "DARL: learned start-of-sequence token prepended, last input patch dropped"),
+    "rope_base": Option(10000.0, "rotary frequency base (rope_1d / rope_2d)"),
+    "learned_posemb_max_side": Option(256, "'learned' posemb: table entries per axis (>= data.max_tokens)"),
+    "attention_impl": Option(
+        "",
+        "'xla': naraim.model.attention.dot_product_attention; 'cudnn': jax.nn's cuDNN kernel (GPU, "
+        "bfloat16); '' = automatic: 'cudnn' on a GPU with bfloat16 compute and head dimension in "
+        "CUDNN_HEAD_DIMS, else 'xla'",
+    ),
+}
+
+
 def default_model_config() -> ml_collections.ConfigDict:
     """All model.* keys with their defaults (ViT-B/14, NARAIM's prefix-causal attention, linear head)."""
-    c = ml_collections.ConfigDict()
-    c.variant = "B/14"  # "<size>/<patch>" (see naraim.model.sizes.SIZES) or "AIM-0.6B" .. "AIM-7B"
-    c.posemb = "absolute_sincos_2d"  # one of naraim.model.posemb.POSEMBS
-    c.attention = "prefix_causal"  # 'causal' | 'prefix_causal' | 'bidirectional'
-    c.head = "linear"  # pre-training head: 'linear' | 'mlp' | 'denoising' (DARL: loss.objective='diffusion')
-    c.head_depth = 12  # mlp head: residual MLP blocks
-    c.head_width = (
-        0  # mlp head: its own width behind a Dense input projection; 0 = the backbone's, no projection
-    )
-    c.head_mlp_ratio = 4.0  # mlp head: hidden width of each block = ratio x head width
-    c.dtype = "float32"  # compute dtype ('float32' | 'bfloat16'); parameters are always float32
-    c.residual_dtype = (
-        ""  # dtype of the residual stream and `encoded`: '' = dtype; 'float32' (NARAIM reference)
-    )
-    c.pixel_scale = (
-        "imagenet"  # model input: 'imagenet' (x/255 - mean) / std (AIM) | 'unit' x/255 (NARAIM ref)
-    )
-    c.patch_norm = False  # LayerNorm after the patch embedding (AIM)
-    c.use_bias = True  # biases in the blocks' attention and MLP layers (AIM's trunk has none)
-    c.gelu = "tanh"  # 'tanh' approximation (flax's default) | 'exact' erf GELU (AIM, torch's default)
-    c.norm_eps = 1e-6  # LayerNorm epsilon of the backbone and the mlp head (AIMv1 training: 1e-5)
-    # kernels: 'lecun' normal (flax's default) | 'xavier' uniform (MAE, DARL: the fused q/k/v kernel as one
-    # D x 3D matrix) | 'xavier_separate_qkv' (l3m's AIMv1: q, k and v each as a D x D matrix)
-    c.weight_init = "lecun"
-    # fractional posemb: row / rows ('count', NaViT) | row / (rows - 1) ('max_index', the NARAIM reference;
-    # 0 on a one-row grid, where the reference gives NaN)
-    c.fractional_scale = "count"
-    # stochastic depth of fine-tuning (configs/probe.py; rising linearly to this rate at the last block); 0:
-    # off. Pre-training keeps it 0; it needs model.scan False
-    c.drop_path = 0.0
-    # denoising head (DARL): transformer blocks over [feature, noisy patch]; width/heads 0 = the backbone's
-    c.denoiser = ml_collections.ConfigDict(dict(depth=1, width=0, heads=0, mlp_ratio=4.0))
-    c.remat = ""  # '' = off, else a policy name in REMAT_POLICIES
-    c.scan = False  # nn.scan over the blocks (faster compile for deep models; changes the param tree)
-    c.sos_token = False  # DARL: learned start-of-sequence token prepended, last input patch dropped
-    c.rope_base = 10000.0  # rotary frequency base (rope_1d / rope_2d)
-    c.learned_posemb_max_side = 256  # 'learned' posemb: table entries per axis (>= data.max_tokens)
-    # 'xla': naraim.model.attention.dot_product_attention; 'cudnn': jax.nn's cuDNN kernel (GPU, bfloat16);
-    # '' = automatic: 'cudnn' on a GPU with bfloat16 compute and head dimension in CUDNN_HEAD_DIMS, else 'xla'
-    c.attention_impl = ""
-    return c
+    return section(MODEL_OPTIONS)
 
 
 def resolve_model_config(cfg) -> ml_collections.ConfigDict:
     """Returns the defaults overlaid with the keys set in cfg (ConfigDict or mapping, nested sections merged
-    key by key); keys without a default are kept."""
-    out = default_model_config()
-    _overlay(out, cfg)
-    return out
+    key by key; None leaves leave the default); keys without a default are kept."""
+    return overlay(default_model_config(), cfg)
 
 
-def _overlay(base: ml_collections.ConfigDict, cfg) -> None:
-    with base.unlocked():
-        for key, value in dict(cfg).items():
-            if isinstance(base.get(key), ml_collections.ConfigDict) and hasattr(value, "items"):
-                _overlay(base[key], value)
-            else:
-                base[key] = value
+def model_options(cfg) -> ml_collections.FrozenConfigDict:
+    """The resolved model.* section (keys not set in cfg take their MODEL_OPTIONS default) as the frozen
+    object the model's modules take, with attention_impl resolved for this machine."""
+    out = resolve_model_config(cfg)
+    size = sizes.get_size(out.variant)
+    with out.unlocked():
+        out.attention_impl = resolve_attention_impl(
+            out.attention_impl, out.dtype, size["width"] // size["heads"]
+        )
+        out.rope_base, out.norm_eps, out.drop_path = (
+            float(out.rope_base),
+            float(out.norm_eps),
+            float(out.drop_path),
+        )
+        out.sos_token, out.patch_norm, out.use_bias = (
+            bool(out.sos_token),
+            bool(out.patch_norm),
+            bool(out.use_bias),
+        )
+    return ml_collections.FrozenConfigDict(out)
 
 
 def _fail(key: str, value, allowed) -> None:

@@ -41,12 +41,12 @@ class MLPHead(nn.Module):
     out_dim: int
     depth: int
     mlp_dim: int
-    width: int = 0
-    dtype: str = "float32"
-    use_bias: bool = True
-    gelu: str = "tanh"
-    norm_eps: float = 1e-6
-    weight_init: str = "lecun"
+    width: int
+    dtype: str
+    use_bias: bool
+    gelu: str
+    norm_eps: float
+    weight_init: str
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:

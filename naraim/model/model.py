@@ -5,13 +5,26 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from naraim.model.config import HEADS, resolve_model_config
+from naraim.data.config import token_budget
+from naraim.model.config import HEADS, model_options
 from naraim.model.denoiser import make_denoiser
 from naraim.model.heads import LinearHead, MLPHead
-from naraim.model.sizes import get_size
+from naraim.model.sizes import get_size, patch_size
 from naraim.model.vit import make_backbone
 
 MODEL_INPUTS = ("patches", "coords", "grid", "length")  # the batch-contract keys the model reads
+
+
+def dummy_batch(cfg: ml_collections.ConfigDict, batch_size: int) -> dict:
+    """Zero inputs with the run's static shapes (length 1), for initialisation and shape inference."""
+    p = patch_size(cfg.model.variant)
+    n = token_budget(cfg.data, p)
+    return {
+        "patches": jnp.zeros((batch_size, n, p * p * 3), jnp.uint8),
+        "coords": jnp.zeros((batch_size, n, 2), jnp.int32),
+        "grid": jnp.ones((batch_size, 2), jnp.int32),
+        "length": jnp.ones((batch_size,), jnp.int32),
+    }
 
 
 def make_head(cfg: ml_collections.ConfigDict) -> nn.Module:
@@ -85,4 +98,4 @@ class Model(nn.Module):
 
 def make_model(model_cfg) -> Model:
     """Builds the Model described by model_cfg (model.* keys; missing keys take their defaults)."""
-    return Model(ml_collections.FrozenConfigDict(resolve_model_config(model_cfg)))
+    return Model(model_options(model_cfg))

@@ -6,6 +6,7 @@ from typing import Any
 import ml_collections
 
 from naraim.errors import UserError
+from naraim.infra.options import Option, section
 from naraim.model.pixels import PIXEL_SCALES
 from naraim.objectives.diffusion import PREDICT_CHOICES
 from naraim.objectives.mse import AVERAGES
@@ -14,22 +15,39 @@ from naraim.objectives.targets import RAW_SCALES
 OBJECTIVES = ("mse", "diffusion")
 
 
+LOSS_OPTIONS = {
+    "objective": Option("mse", "'mse' | 'diffusion' (DARL; with model.head='denoising')"),
+    "norm_pix": Option(True, "targets: each patch standardised over its pixels; else raw pixels"),
+    "raw_scale": Option(
+        "symmetric", "raw targets (norm_pix False) in [-1, 1] ('symmetric') or [0, 1] ('unit')"
+    ),
+    "average": Option(
+        "per_patch",
+        "'per_patch': one mean over the batch's targets (AIM) | 'per_image': the mean per image, then over "
+        "the images | 'fixed_count': summed errors over batch x prediction slots (the NARAIM reference's "
+        "training)",
+    ),
+    "target_pixel_scale": Option(
+        "unit",
+        "norm_pix targets: patches of x/255 ('unit', NARAIM) or of the mean/std-standardised image "
+        "('imagenet', l3m's AIMv1)",
+    ),
+    "diffusion": {
+        "beta_a": Option(
+            1.0,
+            "DARL: per-patch signal levels g ~ Beta(beta_a, beta_b) (a < b: mostly heavy noise, which DARL "
+            "finds best for representations)",
+        ),
+        "beta_b": Option(3.0, "DARL: the second parameter of the Beta distribution of the signal levels"),
+        "predict": Option("x0", "DARL: the decoder's target, 'x0' or 'eps'"),
+        "append_gamma": Option(False, "DARL: the signal level g as an extra decoder input channel"),
+    },
+}
+
+
 def default_loss_config() -> ml_collections.ConfigDict:
     """Every `loss.*` key with its default (configs/naraim_b14.py sets the NARAIM reference's values)."""
-    cfg = ml_collections.ConfigDict()
-    cfg.objective = "mse"  # 'mse' | 'diffusion' (DARL; with model.head='denoising')
-    cfg.norm_pix = True  # targets: each patch standardised over its pixels; else raw pixels
-    cfg.raw_scale = "symmetric"  # raw targets (norm_pix False) in [-1, 1] ('symmetric') or [0, 1] ('unit')
-    # 'per_patch': one mean over the batch's targets (AIM) | 'per_image': the mean per image, then over the
-    # images | 'fixed_count': summed errors over batch x prediction slots (the NARAIM reference's training)
-    cfg.average = "per_patch"
-    # norm_pix targets: patches of x/255 ('unit', NARAIM) or of the mean/std-standardised image ('imagenet',
-    # l3m's AIMv1)
-    cfg.target_pixel_scale = "unit"
-    # DARL: per-patch signal levels g ~ Beta(beta_a, beta_b) (a < b: mostly heavy noise, which DARL finds best
-    # for representations), the decoder's target, and whether g is an extra decoder input channel
-    cfg.diffusion = ml_collections.ConfigDict(dict(beta_a=1.0, beta_b=3.0, predict="x0", append_gamma=False))
-    return cfg
+    return section(LOSS_OPTIONS)
 
 
 def validate_loss_config(loss_cfg: Mapping[str, Any], head: str) -> None:

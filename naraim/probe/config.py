@@ -7,17 +7,19 @@ resolved config is the pre-training run's data/model config with those set leave
 import math
 
 import jax
-from ml_collections import ConfigDict, config_dict
+from ml_collections import ConfigDict
 
-from naraim.data.config import default_data_config, token_budget, validate_data_config
+from naraim.data.config import DATA_OPTIONS, default_data_config, token_budget, validate_data_config
 from naraim.data.transforms import draws_randomness
 from naraim.errors import UserError
-from naraim.model.config import resolve_model_config, validate_model_config
+from naraim.infra.metrics_log import WANDB_MODES, WANDB_OPTIONS
+from naraim.infra.optimizer import DECAY_MASKS, OPTIM_OPTIONS, OPTIMIZERS
+from naraim.infra.options import Definition, Option, overlay, section
+from naraim.model.config import MODEL_OPTIONS, resolve_model_config, validate_model_config
 from naraim.model.sizes import get_size
-from naraim.probe.bins import check_edges
 from naraim.probe.features import parse_blocks
 from naraim.probe.heads import DESCRIPTORS, PROBE_HEADS
-from naraim.train.config import DECAY_MASKS, OPTIMIZERS, WANDB_MODES
+from naraim.probe.results import check_edges
 
 PROTOCOLS = ("attentive", "linear", "knn", "finetune")
 ATTENTIONS = ("bidirectional", "causal")
@@ -25,36 +27,112 @@ CACHE_MODES = ("auto", "always", "never")
 TRAIN_TRANSFORMS = ("pretraining", "eval")
 
 
-def override_template(defaults: ConfigDict) -> ConfigDict:
-    """A copy of `defaults` with every leaf replaced by a None placeholder of the same type."""
-    out = ConfigDict()
-    for key, value in defaults.items():
-        if isinstance(value, ConfigDict):
-            out[key] = override_template(value)
-        else:
-            out[key] = config_dict.placeholder(type(value))
-    return out
+def optional(definition: Definition) -> Definition:
+    """`definition` with every key unset (None, of its default's type): the overrides of another run's
+    section."""
+    return {
+        name: Option(None, entry.help, kind=type(entry.default))
+        if isinstance(entry, Option)
+        else optional(entry)
+        for name, entry in definition.items()
+    }
 
 
-def _plain(value):
-    return tuple(_plain(v) for v in value) if isinstance(value, list | tuple) else value
+PROBE_OPTIONS = {
+    "variant": Option("", "the variants this config was built with"),
+    "init_from": Option(
+        "", "the pre-training workdir (its newest checkpoint) or one of its checkpoints/<step>"
+    ),
+    "protocol": Option("attentive", "'attentive' | 'linear' | 'knn' | 'finetune'"),
+    "attention": Option("bidirectional", "the backbone's attention at probe / fine-tuning time: or 'causal'"),
+    "seed": Option(0, "heads' initialisation, data order, minival split"),
+    "total_steps": Option(50_000, "optimiser steps (not used by knn)"),
+    "batch_size": Option(1024, "global"),
+    "log_every": Option(100, "steps between train rows of metrics.jsonl"),
+    "eval_every": Option(0, "0: evaluate once, at the end"),
+    "checkpoint_every": Option(1_000, "probe state + data position, so a stopped run resumes (0: never)"),
+    "keep_checkpoints": Option(2, "the newest checkpoints kept"),
+    "aspect_ratio_bins": Option(
+        (0.0, 0.5, 0.75, 1.33, 2.0, math.inf), "width/height; on a command line inf = 1e9"
+    ),
+    "train_transforms": Option(
+        "pretraining",
+        "training transforms: 'pretraining' = the pre-training run's data.transforms (NARAIM: native aspect "
+        "ratio + random crop + flip; AIM: RandomResizedCrop + flip), 'eval' = its data.eval_transforms",
+    ),
+    "progress_bar": Option(True, "progress on stderr"),
+    "wandb": {
+        "mode": Option("disabled", WANDB_OPTIONS["mode"].help),
+        "project": Option("naraim-probe", WANDB_OPTIONS["project"].help),
+        "name": Option("", WANDB_OPTIONS["name"].help),
+    },
+    "data": optional(DATA_OPTIONS),
+    "model": {  # compute settings only: the architecture always comes from the checkpoint's run
+        "dtype": Option(None, MODEL_OPTIONS["dtype"].help, kind=str),
+        "remat": Option(None, MODEL_OPTIONS["remat"].help, kind=str),
+        "attention_impl": Option(None, MODEL_OPTIONS["attention_impl"].help, kind=str),
+        "drop_path": Option(None, "fine-tuning's stochastic depth (None: 0)", kind=float),
+    },
+    "eval": {
+        "split": Option(None, "None: data.val_split", kind=str),
+        "max_examples": Option(None, "None: the whole split", kind=int),
+        "batch_size": Option(None, "None: batch_size", kind=int),
+    },
+    "probe": {
+        "blocks": Option(
+            "mean",
+            "features: 'mean' (of the last `last_k` blocks' outputs), 'all' (every block), block indices "
+            "('0,-1'), or a comma-separated mix ('all,mean'); one head per entry and learning rate",
+        ),
+        "last_k": Option(6, "blocks averaged by 'mean'"),
+        "lrs": Option((), "learning rates of the sweep; () = (optim.lr,)"),
+        "minival_fraction": Option(
+            0.0,
+            "share of the training split held out (seeded) to select among heads (sweeps of > 1 head)",
+        ),
+        "head": Option(
+            "aim", "attentive head: 'aim' (ml-aim's) | 'naraim_ref' (the NARAIM reference code's)"
+        ),
+        "num_heads": Option(None, "None: the backbone's number of heads", kind=int),
+        "use_map_mlp": Option(False, "the attentive head's MLP after the attention pooling"),
+        "label_smoothing": Option(0.0, "of the one-hot targets"),
+        "cache_features": Option(
+            "auto",
+            "'auto': cache the backbone features when the training transforms have no randomness | "
+            "'always' | 'never'",
+        ),
+    },
+    "knn": {
+        "k": Option(20, "neighbours (DINO's weighted kNN)"),
+        "temperature": Option(0.07, "of the exp(similarity / T) vote weights"),
+    },
+    "finetune": {
+        "descriptor": Option("last", "'last' (last real token's output) | 'mean' (mean pooling) | 'probe'"),
+        "layer_decay": Option(0.75, "lr of block i = lr * decay**(depth - i); embeddings decay**(depth + 1)"),
+        "label_smoothing": Option(0.1, "of the one-hot targets"),
+        "mixup_alpha": Option(0.0, "0 = off (DARL: 0.8)"),
+        "cutmix_alpha": Option(0.0, "0 = off (DARL: 1.0)"),
+        "mix_prob": Option(1.0, "probability that a batch is mixed when mixup/cutmix is on"),
+    },
+    "optim": {
+        "optimizer": OPTIM_OPTIONS["optimizer"],
+        "schedule": Option("cosine", "warmup then cosine decay (or 'constant', 'naraim', 'naraim_ref')"),
+        "lr": Option(1e-3, "peak learning rate (probe.lrs: one head per rate instead)"),
+        "end_lr": Option(0.0, "final learning rate of the cosine"),
+        "warmup_steps": Option(500, "linear warmup from 0"),
+        "b1": OPTIM_OPTIONS["b1"],
+        "b2": Option(0.999, "AdamW beta2"),
+        "eps": OPTIM_OPTIONS["eps"],
+        "weight_decay": Option(0.01, "decoupled weight decay"),
+        "decay": Option("kernels", "weight decay on 'kernels' (Dense kernels, not the query) | 'all'"),
+        "clip_norm": Option(1.0, "global gradient-norm clipping per head (0: off)"),
+    },
+}
 
 
-def overlay(base: ConfigDict, overrides) -> ConfigDict:
-    """A copy of `base` with the non-None leaves of `overrides` (a ConfigDict or mapping) laid over it; JSON
-    lists become tuples. Keys that `base` lacks are added."""
-    out = ConfigDict(base.to_dict())
-    for key, value in dict(overrides).items():
-        if isinstance(value, ConfigDict | dict):
-            out[key] = overlay(out[key] if key in out else ConfigDict(), value)
-        elif value is not None:
-            out[key] = _plain(value)
-    return out
-
-
-def default_data_overrides() -> ConfigDict:
-    """The probe config's `data` section: every data.* key, unset."""
-    return override_template(default_data_config())
+def default_probe_config() -> ConfigDict:
+    """Every key of a probe run with its default (configs/probe.py's variants set the protocols' values)."""
+    return section(PROBE_OPTIONS)
 
 
 def resolve(cfg: ConfigDict, pretrain_cfg: ConfigDict) -> ConfigDict:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from naraim.probe.accuracy import topk_correct
+from naraim.probe.results import topk_correct
 
 
 def normalise(x: jax.Array) -> jax.Array:

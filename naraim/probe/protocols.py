@@ -17,33 +17,42 @@ from naraim.infra.checkpoint import write_config
 from naraim.infra.mesh import global_batch, make_mesh, replicated
 from naraim.infra.metrics_log import MetricsLogger
 from naraim.infra.optimizer import make_optimizer
-from naraim.model.model import MODEL_INPUTS
+from naraim.model.model import MODEL_INPUTS, dummy_batch
 from naraim.model.sizes import get_size
 from naraim.model.vit import ViT
 from naraim.probe import config as probe_config
 from naraim.probe import features as F
-from naraim.probe import knn, sweep
-from naraim.probe.accuracy import Accumulator, local_rows
-from naraim.probe.cache import CacheBatches, compute_cache
-from naraim.probe.classifier import Classifier, make_classifier
+from naraim.probe import knn
+from naraim.probe.classifiers import Classifier, Sweep, make_classifier
+from naraim.probe.features import CacheBatches, compute_cache
+from naraim.probe.finetune import layer_scales, mix_batch, scale_by_layer
 from naraim.probe.heads import make_head
-from naraim.probe.layer_decay import layer_scales, scale_by_layer
 from naraim.probe.loop import train_loop
-from naraim.probe.minival import split_minival
 from naraim.probe.plots import plot_accuracy_by_bin, plot_accuracy_by_block
-from naraim.probe.results import sweep_results, write_results
-from naraim.probe.step import init_params, init_state, make_eval_step, make_train_step
-from naraim.train.step import dummy_batch
+from naraim.probe.results import Accumulator, local_rows, sweep_results, write_results
+from naraim.probe.step import init_state, make_eval_step, make_train_step
 
 PLOT_FILE = "accuracy_by_aspect_ratio.png"
 BLOCK_PLOT_FILE = "accuracy_by_block.png"
 
 
-def make_sweep(cfg: ConfigDict, backbone: ViT, classes: int) -> sweep.Sweep:
+# The minival split: a seeded part of the training split that selects among a sweep's heads, so that the
+# validation split is only ever reported, never selected on.
+def split_minival(num_examples: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, minival indices), each sorted int64: round(fraction * n) of range(n), drawn by a
+    permutation seeded by `seed`, are minival (at least one when fraction > 0 and n > 1); the rest train."""
+    if fraction <= 0 or num_examples < 2:
+        return np.arange(num_examples), np.zeros(0, np.int64)
+    count = min(num_examples - 1, max(1, round(fraction * num_examples)))
+    order = np.random.default_rng([seed, 0x6D696E69]).permutation(num_examples)
+    return np.sort(order[count:]), np.sort(order[:count])
+
+
+def make_sweep(cfg: ConfigDict, backbone: ViT, classes: int) -> Sweep:
     """The frozen protocol's heads: one per (probe.blocks spec, learning rate)."""
     heads = cfg.probe.num_heads or get_size(cfg.model.variant)["heads"]
     head = make_head(cfg.protocol, "", classes, heads, cfg.probe.use_map_mlp, cfg.probe.head)
-    return sweep.Sweep(
+    return Sweep(
         backbone=backbone,
         head=head,
         attention=cfg.attention,
@@ -190,10 +199,13 @@ def frozen(run: RunContext, backbone: ViT, backbone_np: dict, classes: int) -> d
     unit = cfg.optim.copy_and_resolve_references()
     unit.lr = 1.0  # each head's learning rate multiplies its updates
     optimizer, schedule = make_optimizer(unit, cfg.total_steps)
-    state = jax.device_put(sweep.init_state(params, stats, optimizer, cfg.seed), replicated(mesh))
-    train_step = sweep.make_train_step(sw, optimizer, schedule, cached, float(cfg.probe.label_smoothing))
-    eval_step = sweep.make_eval_step(sw)
-    cached_eval = sweep.make_eval_step(sw, cached=True)
+    state = jax.device_put(init_state(params, stats, optimizer, cfg.seed, sw.heads), replicated(mesh))
+    smoothing = float(cfg.probe.label_smoothing)
+    train_step = make_train_step(
+        sw, optimizer, schedule, classes, label_smoothing=smoothing, lrs=sw.lrs, cached=cached
+    )
+    eval_step = make_eval_step(sw)
+    cached_eval = make_eval_step(sw, cached=True)
 
     def minival_top1(state) -> np.ndarray | None:
         if not len(run.minival_idx):
@@ -240,15 +252,22 @@ def finetune(run: RunContext, backbone: ViT, backbone_np: dict, classes: int) ->
     cfg, mesh = run.cfg, run.mesh
     clf = make_classifier(cfg, backbone, classes)
     batches = run.train_batches()
-    params, stats = init_params(clf, jax.tree.map(np.asarray, backbone_np), dummy_batch(cfg, 1), cfg.seed)
+    params, stats = clf.init(jax.tree.map(np.asarray, backbone_np), dummy_batch(cfg, 1), cfg.seed)
     optimizer, schedule = make_finetune_optimizer(cfg, clf, params)
     state = jax.device_put(init_state(params, stats, optimizer, cfg.seed), replicated(mesh))
-    train_step = make_train_step(clf, optimizer, schedule, cfg, classes)
+    ft = cfg.finetune
+
+    def mix(rng, batch, targets):
+        return mix_batch(rng, batch, targets, ft.mixup_alpha, ft.cutmix_alpha, ft.mix_prob)
+
+    train_step = make_train_step(
+        clf, optimizer, schedule, classes, label_smoothing=float(ft.label_smoothing), mix=mix
+    )
     eval_step = make_eval_step(clf)
 
     def evaluate(state, step: int) -> dict:
         top1, top5, ar = _accumulate(
-            lambda b: eval_step(state, b),
+            lambda b: eval_step(state, None, b),
             run.eval_batches(run.eval_split, max_examples=cfg.eval.max_examples),
             mesh,
         )
@@ -262,7 +281,7 @@ def finetune(run: RunContext, backbone: ViT, backbone_np: dict, classes: int) ->
     state = train_loop(
         cfg,
         run.workdir,
-        lambda s, b: train_step(s, global_batch(b, mesh)),
+        lambda s, b: train_step(s, None, global_batch(b, mesh)),
         state,
         batches,
         run.logger,
@@ -321,3 +340,12 @@ def knn_protocol(run: RunContext, backbone: ViT, backbone_np: dict, classes: int
     )
     run.logger.write(0, "train", {"bank_examples": len(bank["label"]), "knn_seconds": time.time() - start})
     return run.finish(results, "k")
+
+
+def run_protocol(run: RunContext, backbone: ViT, backbone_np: dict, classes: int) -> dict:
+    """Runs cfg.protocol ('attentive' and 'linear' are frozen sweeps) and returns its results."""
+    if run.cfg.protocol == "finetune":
+        return finetune(run, backbone, backbone_np, classes)
+    if run.cfg.protocol == "knn":
+        return knn_protocol(run, backbone, backbone_np, classes)
+    return frozen(run, backbone, backbone_np, classes)

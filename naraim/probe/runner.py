@@ -16,12 +16,12 @@ from naraim.data.pipeline import num_classes
 from naraim.errors import UserError
 from naraim.infra.checkpoint import CHECKPOINT_DIR
 from naraim.infra.workdir import MUTABLE_KEYS, WorkdirLock, check_resume_config
+from naraim.model.model import dummy_batch
 from naraim.model.vit import ViT, make_backbone
 from naraim.probe import config as probe_config
 from naraim.probe.loading import check_backbone_params, load_pretrained
-from naraim.probe.protocols import RunContext, finetune, frozen, knn_protocol
+from naraim.probe.protocols import RunContext, run_protocol
 from naraim.probe.results import RESULTS_FILE, read_results
-from naraim.train.step import dummy_batch
 
 
 def prepare(cfg: ConfigDict) -> tuple[ConfigDict, ViT, dict, int]:
@@ -80,9 +80,8 @@ def run_probe(cfg: ConfigDict, workdir: str, force_config_change: bool = False) 
         if steps:
             say(f"resuming the probe from step {steps[-1]} ({workdir})")
         run = RunContext(cfg, workdir, steps[-1] if steps else 0)
-        protocol = {"finetune": finetune, "knn": knn_protocol}.get(cfg.protocol, frozen)
         try:
-            return protocol(run, backbone, backbone_np, classes)
+            return run_protocol(run, backbone, backbone_np, classes)
         finally:
             run.logger.close()
 

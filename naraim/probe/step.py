@@ -1,7 +1,11 @@
-"""Fine-tuning: train state, the jitted train step and the eval step.
+"""The probe's one train state, train step and eval step, for a sweep of frozen-backbone heads and for
+fine-tuning alike (naraim.probe.classifiers: `model` is a Sweep or a Classifier).
 
-State: {'params': {'backbone', 'head'}, 'batch_stats': the head's BatchNorm statistics, 'opt_state', 'step',
-'rng'}. Frozen protocols use naraim.probe.sweep.
+State: {'params', 'batch_stats' (the heads' BatchNorm statistics), 'opt_state', 'step', 'rng'}. A sweep's
+params, statistics and optimizer states are stacked over its heads [F, L, ...]: the optimizer runs per head
+(vmapped: each head clips by its own gradient norm) with a unit peak learning rate, and each head's updates
+are then scaled by its learning rate (`lrs`). Fine-tuning's params are {'backbone', 'head'}, its optimizer
+carries the learning rate.
 """
 
 from collections.abc import Callable
@@ -9,71 +13,82 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import optax
-from ml_collections import ConfigDict
 
-from naraim.probe.accuracy import topk_correct
-from naraim.probe.classifier import Classifier
-from naraim.probe.mixup import mix_batch
+from naraim.probe.classifiers import Classifier, Sweep
+from naraim.probe.results import topk_correct
 
 
-def init_params(clf: Classifier, backbone_params: dict, sample: dict, seed: int) -> tuple[dict, dict]:
-    """(params {'backbone', 'head'}, head batch_stats); `sample` is a batch of model inputs that shapes the
-    head."""
-    features = clf.features(backbone_params, sample)
-    head_vars = clf.head.init(jax.random.PRNGKey(seed), features, sample["length"], False)
-    return {"backbone": backbone_params, "head": head_vars["params"]}, head_vars.get("batch_stats", {})
+def _per_head(fn: Callable, heads: tuple[int, ...]) -> Callable:
+    """fn vmapped over the `heads` leading axes (fn itself for a single head)."""
+    for _ in heads:
+        fn = jax.vmap(fn)
+    return fn
 
 
-def init_state(params: dict, batch_stats: dict, optimizer: optax.GradientTransformation, seed: int) -> dict:
-    """The initial train state around the trainable params."""
+def smoothed_targets(label: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
+    """float32 [B, C]: one-hot targets with `smoothing` of the mass spread over the classes."""
+    return jax.nn.one_hot(label, num_classes) * (1 - smoothing) + smoothing / num_classes
+
+
+def init_state(params: dict, batch_stats: dict, optimizer: optax.GradientTransformation, seed: int, heads=()):
+    """The train state around the trainable params (stacked over `heads` leading axes: one optimizer state
+    per head)."""
     return {
         "params": params,
         "batch_stats": batch_stats,
-        "opt_state": optimizer.init(params),
+        "opt_state": _per_head(optimizer.init, heads)(params),
         "step": jnp.zeros((), jnp.int32),
         "rng": jax.random.fold_in(jax.random.PRNGKey(seed), 1),
     }
 
 
-def _targets(label: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
-    one_hot = jax.nn.one_hot(label, num_classes)
-    return one_hot * (1 - smoothing) + smoothing / num_classes
-
-
 def make_train_step(
-    clf: Classifier,
+    model: Sweep | Classifier,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
-    cfg: ConfigDict,
     num_classes: int,
+    *,
+    label_smoothing: float = 0.0,
+    lrs: tuple[float, ...] | None = None,
+    mix: Callable | None = None,
+    cached: bool = False,
 ) -> Callable:
-    """Returns jitted step(state, batch) -> (state, metrics) with the state donated.
+    """Returns jitted step(state, frozen_params, batch) -> (state, metrics), the state donated.
 
-    batch: the batch contract. Applies label smoothing and mixup/CutMix (cfg.finetune).
+    frozen_params: the sweep's backbone parameters (None for fine-tuning). lrs: each head's learning rate,
+    multiplying its updates (the optimizer then has a unit peak rate); None: the optimizer's own. mix(rng,
+    batch, targets) -> (batch, targets): mixup/CutMix of fine-tuning. cached: batch = {'features' (the
+    block stack), 'length', 'label'} from the feature cache; else the batch contract.
+    metrics: 'loss', 'accuracy' and 'grad_norm' per head (scalars for one), 'lr' (of lrs[0]).
     """
-    ft = cfg.finetune
+    heads = model.heads
+    scale = None if lrs is None else jnp.asarray(lrs, jnp.float32)
 
-    drop_path = bool(cfg.model.get("drop_path", 0.0))
+    def loss_fn(params, batch_stats, x, length, label, rng):
+        targets = smoothed_targets(label, num_classes, label_smoothing)
+        if mix is not None:
+            x, targets = mix(rng, x, targets)
+        logits, new_stats = model.apply(params, batch_stats, x, length, rng, train=True)
+        per_head = jnp.mean(optax.softmax_cross_entropy(logits, targets), axis=-1)  # heads
+        return jnp.sum(per_head), (per_head, logits, new_stats)
 
-    def loss_fn(params, batch_stats, batch, rng):
-        targets = _targets(batch["label"], num_classes, float(ft.label_smoothing))
-        batch, targets = mix_batch(rng, batch, targets, ft.mixup_alpha, ft.cutmix_alpha, ft.mix_prob)
-        features = clf.features(params["backbone"], batch, jax.random.fold_in(rng, 1) if drop_path else None)
-        head_vars = {"params": params["head"], **({"batch_stats": batch_stats} if batch_stats else {})}
-        logits, new_stats = clf.logits(head_vars, features, batch["length"], train=True)
-        loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
-        return loss, (logits, new_stats)
-
-    def step(state, batch):
+    def step(state, frozen_params, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (logits, new_stats)), grads = grad_fn(state["params"], state["batch_stats"], batch, rng)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        x = model.inputs(frozen_params, batch, cached)
+        grad_fn = jax.grad(loss_fn, has_aux=True)
+        grads, (loss, logits, new_stats) = grad_fn(
+            state["params"], state["batch_stats"], x, batch["length"], batch["label"], rng
+        )
+        updates, opt_state = _per_head(optimizer.update, heads)(grads, state["opt_state"], state["params"])
+        lr = schedule(state["step"])
+        if scale is not None:
+            updates = jax.tree.map(lambda u: u * scale.reshape((1, -1) + (1,) * (u.ndim - 2)), updates)
+            lr = lr * scale[0]
         metrics = {
             "loss": loss,
-            "accuracy": jnp.mean(topk_correct(logits, batch["label"], 1)),
-            "grad_norm": optax.tree.norm(grads),
-            "lr": schedule(state["step"]),
+            "accuracy": jnp.mean(topk_correct(logits, batch["label"], 1), axis=-1),
+            "grad_norm": _per_head(optax.tree.norm, heads)(grads),
+            "lr": lr,
         }
         new_state = {
             "params": optax.apply_updates(state["params"], updates),
@@ -87,15 +102,15 @@ def make_train_step(
     return jax.jit(step, donate_argnums=(0,))
 
 
-def make_eval_step(clf: Classifier) -> Callable:
-    """Returns jitted eval(state, batch) -> (top1 bool [B], top5 bool [B])."""
+def make_eval_step(model: Sweep | Classifier, cached: bool = False) -> Callable:
+    """Returns jitted eval(state, frozen_params, batch) -> (top1 bool [B, *heads], top5 bool [B, *heads]).
 
-    def evaluate(state, batch):
-        features = clf.features(state["params"]["backbone"], batch)
-        head_vars = {"params": state["params"]["head"]}
-        if state["batch_stats"]:
-            head_vars["batch_stats"] = state["batch_stats"]
-        logits, _ = clf.logits(head_vars, features, batch["length"], train=False)
-        return topk_correct(logits, batch["label"], 1), topk_correct(logits, batch["label"], 5)
+    cached: batch = {'features', 'length', 'label'} (minival rows of the cache); else the batch contract."""
+
+    def evaluate(state, frozen_params, batch):
+        x = model.inputs(frozen_params, batch, cached)
+        logits, _ = model.apply(state["params"], state["batch_stats"], x, batch["length"], None, train=False)
+        top1, top5 = (jnp.moveaxis(topk_correct(logits, batch["label"], k), -1, 0) for k in (1, 5))
+        return top1, top5
 
     return jax.jit(evaluate)

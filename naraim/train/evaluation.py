@@ -26,13 +26,38 @@ from ml_collections import ConfigDict
 from naraim.data import orderings
 from naraim.data.config import token_budget
 from naraim.data.pipeline import make_eval_iterator
+from naraim.errors import UserError
 from naraim.infra.mesh import global_batch, replicated
+from naraim.infra.options import Option
 from naraim.model.model import MODEL_INPUTS
 from naraim.model.sizes import patch_size
-from naraim.objectives import diffusion
 from naraim.objectives.mse import loss_weights, per_patch_error
+from naraim.objectives.objective import first_target, make_objective
 from naraim.objectives.targets import unnormalize
 from naraim.train import plots
+
+EVAL_OPTIONS = {
+    "num_examples": Option(
+        1_000,
+        "held-out images for the validation MSE: the first N of data.val_split; -1: all of them; 0: no "
+        "evaluation",
+    ),
+    "batch_size": Option(64, "global evaluation batch"),
+    "num_images": Option(8, "images in the reconstructions plot"),
+    "error_map_bins": Option(16, "bins of relative sequence position in the error-by-position plot"),
+    "ref_seed": Option(0, "seeds the random prefixes of the reference validation MSE (mse_ref)"),
+}
+
+
+def validate_eval_config(eval_cfg: ConfigDict, num_devices: int) -> None:
+    """Raises UserError naming the first bad `eval.*` value."""
+    if eval_cfg.batch_size % num_devices:
+        raise UserError(f"eval.batch_size={eval_cfg.batch_size} is not divisible by {num_devices} devices")
+    if eval_cfg.num_examples < -1 or eval_cfg.batch_size < 1 or eval_cfg.num_images < 0:
+        raise UserError(
+            f"eval.num_examples >= -1 (-1: the whole split), eval.batch_size >= 1 and eval.num_images >= 0 "
+            f"are required; got {eval_cfg.num_examples}, {eval_cfg.batch_size}, {eval_cfg.num_images}"
+        )
 
 
 def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_sharding) -> Callable:
@@ -44,31 +69,20 @@ def make_eval_step(model: nn.Module, cfg: ConfigDict, mesh: Mesh, params_shardin
     length."""
     bins = cfg.eval.error_map_bins
     n_img = cfg.eval.num_images
-    first = 0 if cfg.model.get("sos_token", False) else 1
-    target = dict(
-        norm_pix=cfg.loss.norm_pix,
-        raw_scale=cfg.loss.raw_scale,
-        pixel_scale=cfg.loss.get("target_pixel_scale", "unit"),
-    )
+    first = first_target(bool(cfg.model.get("sos_token", False)))
+    objective = make_objective(model, cfg.loss)
+    target = objective.targets
 
     def eval_step(params, batch):
         inputs = {k: batch[k] for k in MODEL_INPUTS}
-        if cfg.loss.objective == "diffusion":
-            # DARL: the denoising objective under fixed noise; the plotted prediction is the x_0 estimate from
-            # pure noise (the context alone).
-            rng, kw = jax.random.PRNGKey(0), {"attention": "causal"}
-            err = diffusion.denoising_error(model, params, inputs, rng, cfg.loss, **kw)
-            pred = diffusion.pure_noise_prediction(model, params, inputs, rng, cfg.loss, **kw)
-        else:
-            pred = model.apply({"params": params}, inputs, attention="causal")["pred"]
-            err = per_patch_error(pred, inputs["patches"], **target)
+        err, pred = objective.evaluate(params, inputs)
         n = inputs["patches"].shape[1]
         w = loss_weights(inputs["length"], first, n) * batch["valid"][:, None].astype(jnp.float32)
         rel = jnp.arange(n)[None, :] / inputs["length"][:, None]
         b = jnp.clip(jnp.floor(rel * bins).astype(jnp.int32), 0, bins - 1)
         onehot = jax.nn.one_hot(b, bins) * w[..., None]
         ref = {}
-        if cfg.loss.objective == "mse":
+        if objective.reference_mse:
             prefix = batch["ref_prefix"]
             out = model.apply({"params": params}, inputs, attention="prefix_causal", prefix_length=prefix)
             ref_err = per_patch_error(out["pred"], inputs["patches"], **target)

@@ -10,24 +10,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from naraim.data.config import token_budget
 from naraim.infra.mesh import DATA_AXIS, state_shardings
-from naraim.model.model import MODEL_INPUTS
-from naraim.model.sizes import patch_size
-from naraim.objectives import diffusion
-from naraim.objectives.mse import loss_weights, per_patch_error, target_shares
-
-
-def dummy_batch(cfg: ConfigDict, batch_size: int) -> dict:
-    """Zero inputs with the run's static shapes (length 1), for initialisation and shape inference."""
-    p = patch_size(cfg.model.variant)
-    n = token_budget(cfg.data, p)
-    return {
-        "patches": jnp.zeros((batch_size, n, p * p * 3), jnp.uint8),
-        "coords": jnp.zeros((batch_size, n, 2), jnp.int32),
-        "grid": jnp.ones((batch_size, 2), jnp.int32),
-        "length": jnp.ones((batch_size,), jnp.int32),
-    }
+from naraim.model.model import MODEL_INPUTS, dummy_batch
+from naraim.objectives.mse import loss_weights, target_shares
+from naraim.objectives.objective import first_target, make_objective
 
 
 def draw_prefix(rng, length, attention: str, sos_token: bool):
@@ -35,15 +21,14 @@ def draw_prefix(rng, length, attention: str, sos_token: bool):
 
     prefix_causal: k uniform in {1, ..., length-1} (k = 1 when length == 1); targets j < k are not in the
     loss.
-    causal: no prefix; the first target is 0 with an SOS token, else 1 (patch 0 has nothing to predict it
-    from).
+    causal: no prefix; the first target is first_target(sos_token).
     """
     if attention == "prefix_causal":
         u = jax.random.uniform(rng, length.shape)
         span = jnp.maximum(length - 1, 1)
         k = 1 + jnp.minimum(jnp.floor(u * span).astype(jnp.int32), span - 1)
         return k, k
-    first = jnp.full(length.shape, 0 if sos_token else 1, jnp.int32)
+    first = jnp.full(length.shape, first_target(sos_token), jnp.int32)
     return None, first
 
 
@@ -56,7 +41,7 @@ def init_state(model: nn.Module, optimizer: optax.GradientTransformation, cfg: C
     def init():
         rng = jax.random.PRNGKey(cfg.seed)
         batch = dummy_batch(cfg, 1)
-        head_inputs = diffusion.init_head_inputs(cfg.loss, 1, *batch["patches"].shape[1:])
+        head_inputs = make_objective(model, cfg.loss).init_head_inputs(1, *batch["patches"].shape[1:])
         params = model.init(jax.random.fold_in(rng, 0), batch, head_inputs=head_inputs)["params"]
         return {
             "params": params,
@@ -86,18 +71,13 @@ def make_train_step(
     metrics['finite'] is False.
     """
     num_micro = cfg.micro_batches
-    norm_pix, raw_scale, pixel_scale = cfg.loss.norm_pix, cfg.loss.raw_scale, cfg.loss.target_pixel_scale
+    objective = make_objective(model, cfg.loss)
     attention = cfg.model.attention
     sos = bool(cfg.model.get("sos_token", False))
     micro_sharding = NamedSharding(mesh, P(None, DATA_AXIS))
 
     def weighted_error(params, inputs, prefix, weights, noise_rng):
-        if cfg.loss.objective == "diffusion":  # DARL: denoise per-patch corrupted targets
-            err = diffusion.denoising_error(model, params, inputs, noise_rng, cfg.loss, prefix_length=prefix)
-            return jnp.sum(err * weights)
-        out = model.apply({"params": params}, inputs, prefix_length=prefix)
-        err = per_patch_error(out["pred"], inputs["patches"], norm_pix, raw_scale, pixel_scale)
-        return jnp.sum(err * weights)
+        return jnp.sum(objective.error(params, inputs, noise_rng, prefix_length=prefix) * weights)
 
     def step(state, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])

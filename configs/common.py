@@ -1,9 +1,36 @@
-"""Recipe pieces shared by several config files (configs/*.py load by path, so they cannot import each
-other)."""
+"""What several config files share: the way a config takes its variants, and the papers' recipe pieces.
+
+configs/ is a package (the config loader puts the folder above it on sys.path), so every config file imports
+this module as `from configs import common`, as big_vision's configs import theirs.
+"""
+
+from collections.abc import Callable
 
 import ml_collections
 
+from naraim.errors import UserError
 from naraim.train.config import default_pretrain_config
+
+
+def apply_variants(
+    cfg: ml_collections.ConfigDict, spec: str, variants: dict[str, Callable], default: str = ""
+) -> ml_collections.ConfigDict:
+    """Applies the comma-separated variants of `spec` (`default` when empty) to `cfg` in place, in the order
+    of `variants` (whatever order the command line names them in), and records `spec` in cfg.variant;
+    an unknown name -> UserError naming the file's variants."""
+    spec = spec or default
+    names = [v for v in spec.split(",") if v]
+    unknown = [v for v in names if v not in variants]
+    if unknown:
+        raise UserError(
+            f"unknown config variant(s) {', '.join(map(repr, unknown))}: use a comma-separated subset of "
+            f"{', '.join(variants)}"
+        )
+    for name, apply in variants.items():
+        if name in names:
+            apply(cfg)
+    cfg.variant = spec
+    return cfg
 
 
 def square_aim_data(cfg: ml_collections.ConfigDict) -> None:

@@ -1,0 +1,1 @@
+"""Config files as code (scripts take `--config configs/<file>.py[:variants]`)."""
