@@ -23,7 +23,7 @@ def apply_variants(
     unknown = [v for v in names if v not in variants]
     if unknown:
         raise UserError(
-            f"unknown config variant(s) {', '.join(map(repr, unknown))}: use a comma-separated subset of "
+            f"unknown config variant {', '.join(map(repr, unknown))}: use one or more (comma-separated) of "
             f"{', '.join(variants)}"
         )
     for name, apply in variants.items():

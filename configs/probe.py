@@ -12,8 +12,8 @@ architecture (model.*) and the data recipe (data.*) are read from that run's con
   sweep         one head per block and for the mean of the last blocks, at 3 learning rates, trained
                 together; the head with the best top-1 on a minival split (10% of the training split)
                 is reported, and every head's accuracy is in results.json (per_head).
-  knn           weighted kNN (k = 20, temperature 0.07) on the mean-pooled features of every block, no
-                training; the block is selected on minival.
+  knn           weighted kNN (k = 10, 20, 100 and 200 in one pass, temperature 0.07) on the mean-pooled
+                features of every block, no training; the block and k are selected on minival.
   linear        BatchNorm (no affine) on the mean-pooled features of the last block, then a linear layer.
   finetune      fine-tuning: whole network, no causal mask, last token's output, layer-wise lr decay 0.75,
                 label smoothing 0.1, AdamW(0.9, 0.95), weight decay 0.05.

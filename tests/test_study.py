@@ -198,3 +198,29 @@ def test_the_report_aggregates_seeds_into_means_spreads_and_gaps(tmp_path):
     assert "| random_init | 34.0 (32.0-36.0) |" in report
     assert "- naraim_minus_random_init: top1 +13.0, knn_top1 +8.0, linear_top1 +8.0" in report
     assert "| naraim | 43.0 | 49.0 |" in report
+
+
+def test_later_seeds_are_replanned_from_what_the_finished_arms_took(tmp_path, monkeypatch):
+    """Seed 1's arms took 2 s per step (not the measured 0.5) and 100 s of probes: seed 2's arms get the
+    steps the budget left affords, recorded in plan.json; the first seed keeps the plan's."""
+    from naraim.study import run
+
+    s = run.Study(
+        "synthetic", str(tmp_path), [1, 2], 30.0, None, "configs/small.py", [], [], "configs/probe.py"
+    )
+    plan = {"steps": 400, "chosen_by": "t"}
+    assert s.round_steps(plan, 1) == 400
+    probes = {f"probe_{p}_seconds": 100.0 / len(run.PROBES) for p in run.PROBES}
+    for arm in run.ARMS:
+        folder = tmp_path / f"{arm}_s1"
+        folder.mkdir()
+        seconds = 0.0 if arm == "random_init" else 800.0
+        folder.joinpath("arm.json").write_text(json.dumps({"pretrain_seconds": seconds, **probes}))
+    s.start -= 1_000  # 1,000 s of the 1,800 spent
+    left = 1_800 - 1_000 - 3 * 100.0  # minus the 3 arms' probes of seed 2
+    steps = s.round_steps(plan, 2)
+    assert abs(steps - run.SAFETY * left / (2 * 2.0)) <= 2 and steps < 400
+    assert json.loads((tmp_path / "plan.json").read_text())["steps_by_seed"] == {"1": 400, "2": steps}
+    s.budget, plan["steps_by_seed"] = 300.0, {"1": 400}  # a generous budget: never more than planned
+    assert s.round_steps(plan, 2) == 400
+    assert s.round_steps(plan, 2) == 400  # recorded: a resumed study keeps it

@@ -27,6 +27,7 @@ from naraim.errors import UserError
 from naraim.infra.workdir import CONFIG_FILE, atomic_write, read_json
 
 CHECKPOINT_DIR = "checkpoints"
+BEST_DIR, BEST_FILE = "best", "best.json"  # the parameters of the best evaluation so far, and its step
 
 
 class _DrainingEventLoop(asyncio.SelectorEventLoop):
@@ -252,6 +253,31 @@ def _steps(checkpoint_dir: str) -> list[int]:
         return sorted(int(e.name) for e in entries if e.name.isdigit() and e.is_dir())
 
 
+def read_best(workdir: str) -> dict | None:
+    """WORKDIR/best.json ({'step', 'metric', 'value'}) or None when the run has no best yet."""
+    path = os.path.join(workdir, BEST_FILE)
+    return read_json(path, "the best-checkpoint record") if os.path.exists(path) else None
+
+
+def save_best(workdir: str, step: int, params, metric: str, value: float) -> None:
+    """Keeps `params` as the run's best (WORKDIR/best/<step>, replacing the previous best) and records
+    {'step', 'metric', 'value'} in WORKDIR/best.json; every process calls it."""
+    final = os.path.join(workdir, BEST_DIR)
+    staging = final + ".new"
+    if jax.process_index() == 0 and os.path.exists(staging):
+        shutil.rmtree(staging)
+    multihost_utils.sync_global_devices("naraim_best_staging")
+    with absl_warnings_silenced():
+        ocp.PyTreeCheckpointer().save(os.path.join(staging, str(step), "state"), {"params": params})
+    multihost_utils.sync_global_devices("naraim_best_saved")
+    if jax.process_index() == 0:
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        record = {"step": int(step), "metric": metric, "value": float(value)}
+        atomic_write(os.path.join(workdir, BEST_FILE), json.dumps(record) + "\n")
+
+
 def _locate(path: str) -> tuple[str, int | None]:
     """(workdir, step) for a workdir (step None: its newest) or a WORKDIR/checkpoints/<step> folder."""
     path = os.path.abspath(path)
@@ -269,10 +295,21 @@ def _locate(path: str) -> tuple[str, int | None]:
 
 def restore_params(path: str) -> tuple[dict, ConfigDict, int]:
     """Model params {'backbone': ..., 'head': ...} (numpy), the run's config and the step, from a workdir
-    (newest checkpoint) or a WORKDIR/checkpoints/<step> folder. The optimizer state is not read.
+    (newest checkpoint), a WORKDIR/checkpoints/<step> folder or WORKDIR:best (the best evaluation's
+    parameters, best.json). The optimizer state is not read.
 
     A run that is still training may delete its oldest checkpoint while it is read: the newest one is then
     tried again (up to 3 times)."""
+    if path.endswith(":best"):
+        workdir = _locate(path[: -len(":best")])[0]
+        best = read_best(workdir)
+        if best is None:
+            raise UserError(
+                f"{workdir} has no best checkpoint yet (best.json): it is written at evaluations with "
+                "eval.fewshot.enabled; pass the workdir itself for its newest checkpoint"
+            )
+        step = int(best["step"])
+        return _restore_params(os.path.join(workdir, BEST_DIR), step), read_config(workdir), step
     workdir, step = _locate(path)
     cfg = read_config(workdir)
     checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)

@@ -15,6 +15,7 @@ from ml_collections import ConfigDict, config_flags
 from naraim.errors import UserError
 
 HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull")
+RENAMED_KEYS = {"knn.k": "probe.knn_k"}  # old config key -> the key that replaced it
 
 
 def define_config_flag(name: str = "config") -> flags.FlagHolder:
@@ -76,6 +77,9 @@ def _unknown_key(
         (k for k in candidates if missing and k.split(".")[-1] == missing[0]),
         candidates[0] if candidates else "?",
     )
+    if key in RENAMED_KEYS:
+        new = RENAMED_KEYS[key]
+        return f"config key {key!r} is now {new!r} (a tuple of values): use --{flag}.{new}"
     section = key.rpartition(".")[0]
     if section in locked and key.split(".")[-1] in locked[section]:
         allowed = ", ".join(k for k in keys if k.startswith(section + "."))

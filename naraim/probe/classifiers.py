@@ -43,7 +43,8 @@ def apply_head(head: nn.Module, variables: dict, x: jax.Array, length: jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-    """backbone (frozen) -> block stack -> F feature specs -> F x L heads -> logits [F, L, B, C].
+    """backbone (frozen) -> block stack -> F feature specs -> F x L heads -> logits [F, L, B, C]; head (f, l)
+    trains with learning rate lrs[l] (and weight decay weight_decays[l] when given).
 
     pooled: the stack is mean-pooled over the real tokens ([B, nb, D], for heads on pooled features such as
     the linear probe) instead of the tokens themselves ([B, nb, N, D], for the attentive head)."""
@@ -55,6 +56,7 @@ class Sweep:
     lrs: tuple[float, ...]
     last_k: int
     pooled: bool = False
+    weight_decays: tuple[float, ...] | None = None  # one per head of lrs (None: the optimizer's own)
 
     @property
     def blocks(self) -> tuple[int, ...]:

@@ -41,7 +41,9 @@ def optional(definition: Definition) -> Definition:
 PROBE_OPTIONS = {
     "variant": Option("", "the variants this config was built with"),
     "init_from": Option(
-        "", "the pre-training workdir (its newest checkpoint) or one of its checkpoints/<step>"
+        "",
+        "the pre-training workdir (its newest checkpoint), WORKDIR:best (its best few-shot evaluation) "
+        "or one of its checkpoints/<step>",
     ),
     "protocol": Option("attentive", "'attentive' | 'linear' | 'knn' | 'finetune'"),
     "attention": Option("bidirectional", "the backbone's attention at probe / fine-tuning time: or 'causal'"),
@@ -86,6 +88,9 @@ PROBE_OPTIONS = {
         ),
         "last_k": Option(6, "blocks averaged by 'mean'"),
         "lrs": Option((), "learning rates of the sweep; () = (optim.lr,)"),
+        "weight_decays": Option(
+            (), "weight decays of the sweep (AdamW), one head per (features, lr, wd); () = optim.weight_decay"
+        ),
         "minival_fraction": Option(
             0.0,
             "share of the training split held out (seeded) to select among heads (sweeps of > 1 head)",
@@ -96,16 +101,17 @@ PROBE_OPTIONS = {
         "num_heads": Option(None, "None: the backbone's number of heads", kind=int),
         "use_map_mlp": Option(False, "the attentive head's MLP after the attention pooling"),
         "label_smoothing": Option(0.0, "of the one-hot targets"),
+        "knn_k": Option(
+            (10, 20, 100, 200),
+            "kNN: neighbours, all in one pass (one result per block and k; minival selects)",
+        ),
         "cache_features": Option(
             "auto",
             "'auto': cache the backbone features when the training transforms have no randomness | "
             "'always' | 'never'",
         ),
     },
-    "knn": {
-        "k": Option(20, "neighbours (DINO's weighted kNN)"),
-        "temperature": Option(0.07, "of the exp(similarity / T) vote weights"),
-    },
+    "knn": {"temperature": Option(0.07, "DINO's weighted kNN: votes weigh exp(similarity / temperature)")},
     "finetune": {
         "descriptor": Option("last", "'last' (last real token's output) | 'mean' (mean pooling) | 'probe'"),
         "layer_decay": Option(0.75, "lr of block i = lr * decay**(depth - i); embeddings decay**(depth + 1)"),
@@ -209,9 +215,21 @@ def validate(cfg: ConfigDict, num_devices: int | None = None) -> None:
             f"probe.minival_fraction={cfg.probe.minival_fraction} and probe.label_smoothing="
             f"{cfg.probe.label_smoothing} must be in [0, 1)"
         )
-    if cfg.knn.k < 1 or cfg.knn.temperature <= 0:
-        raise UserError(f"knn.k={cfg.knn.k} must be >= 1 and knn.temperature={cfg.knn.temperature} > 0")
-    heads = len(specs) * (1 if cfg.protocol == "knn" else max(1, len(cfg.probe.lrs)))
+    if not cfg.probe.knn_k or min(cfg.probe.knn_k) < 1 or cfg.knn.temperature <= 0:
+        raise UserError(
+            f"probe.knn_k={tuple(cfg.probe.knn_k)} needs values >= 1 and knn.temperature="
+            f"{cfg.knn.temperature} > 0"
+        )
+    if any(float(wd) < 0 for wd in cfg.probe.weight_decays) or (
+        cfg.probe.weight_decays
+        and (cfg.optim.optimizer != "adamw" or cfg.protocol not in ("attentive", "linear"))
+    ):
+        raise UserError(
+            f"probe.weight_decays={tuple(cfg.probe.weight_decays)} needs values >= 0, optimizer 'adamw' "
+            "and a frozen protocol ('attentive' or 'linear')"
+        )
+    values = max(1, len(cfg.probe.lrs)) * max(1, len(cfg.probe.weight_decays))
+    heads = len(specs) * (len(cfg.probe.knn_k) if cfg.protocol == "knn" else values)
     if cfg.protocol != "finetune" and heads > 1 and cfg.probe.minival_fraction == 0:
         raise UserError(
             f"probe.blocks={cfg.probe.blocks!r} x probe.lrs={tuple(cfg.probe.lrs)} makes {heads} heads, and "

@@ -28,7 +28,7 @@ from naraim.probe.results import local_rows
 MEAN = "mean"
 
 
-def parse_blocks(spec: str, depth: int) -> tuple[int | str, ...]:
+def parse_blocks(spec: str, depth: int, key: str = "probe.blocks") -> tuple[int | str, ...]:
     """'mean' | 'all' | comma-separated block indices (negative from the end) and/or 'all' / 'mean' ->
     the feature specs in the order given (duplicates dropped): indices in [0, depth) and/or MEAN."""
     specs: list[int | str] = []
@@ -42,18 +42,18 @@ def parse_blocks(spec: str, depth: int) -> tuple[int | str, ...]:
                 index = int(part)
             except ValueError:
                 raise UserError(
-                    f"probe.blocks={spec!r}: {part!r} is not a block index, 'all' or 'mean'; e.g. 'all,mean' "
+                    f"{key}={spec!r}: {part!r} is not a block index, 'all' or 'mean'; e.g. 'all,mean' "
                     "or '0,-1'"
                 ) from None
             if not -depth <= index < depth:
                 raise UserError(
-                    f"probe.blocks={spec!r}: block {index} is outside the backbone's {depth} blocks "
+                    f"{key}={spec!r}: block {index} is outside the backbone's {depth} blocks "
                     f"(use 0..{depth - 1}, or -1 for the last)"
                 )
             items = [index % depth]
         specs.extend(item for item in items if item not in specs)
     if not specs:
-        raise UserError(f"probe.blocks={spec!r} names no features: use e.g. 'mean', 'all' or '-1'")
+        raise UserError(f"{key}={spec!r} names no features: use e.g. 'mean', 'all' or '-1'")
     return tuple(specs)
 
 

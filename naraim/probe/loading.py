@@ -16,7 +16,7 @@ def _shapes(tree) -> dict[str, tuple]:
 def check_backbone_params(params: dict, backbone: ViT, inputs: dict, source: str) -> None:
     """Raises UserError naming the first difference unless `params` has the backbone's exact tree and shapes.
 
-    inputs: example model inputs ('patches', 'coords', 'grid', 'length'), e.g. naraim.train.step.dummy_batch.
+    inputs: example model inputs ('patches', 'coords', 'grid', 'length'), e.g. naraim.model.model.dummy_batch.
     """
     expected = _shapes(jax.eval_shape(backbone.init, jax.random.PRNGKey(0), **inputs)["params"])
     found = _shapes(params)

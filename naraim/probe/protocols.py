@@ -49,17 +49,21 @@ def split_minival(num_examples: int, fraction: float, seed: int) -> tuple[np.nda
 
 
 def make_sweep(cfg: ConfigDict, backbone: ViT, classes: int) -> Sweep:
-    """The frozen protocol's heads: one per (probe.blocks spec, learning rate)."""
+    """The frozen protocol's heads: one per (probe.blocks spec, learning rate[, weight decay]): with
+    probe.weight_decays the second axis runs over every (lr, weight decay) pair, lr-major."""
     heads = cfg.probe.num_heads or get_size(cfg.model.variant)["heads"]
     head = make_head(cfg.protocol, "", classes, heads, cfg.probe.use_map_mlp, cfg.probe.head)
+    lrs = tuple(float(lr) for lr in cfg.probe.lrs) or (float(cfg.optim.lr),)
+    wds = tuple(float(wd) for wd in cfg.probe.weight_decays)
     return Sweep(
         backbone=backbone,
         head=head,
         attention=cfg.attention,
         specs=F.parse_blocks(cfg.probe.blocks, backbone.depth),
-        lrs=tuple(float(lr) for lr in cfg.probe.lrs) or (float(cfg.optim.lr),),
+        lrs=tuple(lr for lr in lrs for _ in wds) if wds else lrs,
         last_k=int(cfg.probe.last_k),
         pooled=cfg.protocol == "linear",
+        weight_decays=tuple(wd for _ in lrs for wd in wds) if wds else None,
     )
 
 
@@ -198,11 +202,21 @@ def frozen(run: RunContext, backbone: ViT, backbone_np: dict, classes: int) -> d
     params, stats = sw.init(backbone_params, dummy_batch(cfg, 1), cfg.seed)
     unit = cfg.optim.copy_and_resolve_references()
     unit.lr = 1.0  # each head's learning rate multiplies its updates
+    if sw.weight_decays is not None:
+        unit.weight_decay = 0.0  # each head's weight decay is added by the step
     optimizer, schedule = make_optimizer(unit, cfg.total_steps)
     state = jax.device_put(init_state(params, stats, optimizer, cfg.seed, sw.heads), replicated(mesh))
     smoothing = float(cfg.probe.label_smoothing)
     train_step = make_train_step(
-        sw, optimizer, schedule, classes, label_smoothing=smoothing, lrs=sw.lrs, cached=cached
+        sw,
+        optimizer,
+        schedule,
+        classes,
+        label_smoothing=smoothing,
+        lrs=sw.lrs,
+        weight_decays=sw.weight_decays,
+        decay_all=cfg.optim.decay == "all",
+        cached=cached,
     )
     eval_step = make_eval_step(sw)
     cached_eval = make_eval_step(sw, cached=True)
@@ -227,7 +241,10 @@ def frozen(run: RunContext, backbone: ViT, backbone_np: dict, classes: int) -> d
             mesh,
         )
         names = [F.spec_name(s, sw.last_k) for s in sw.specs]
-        results = sweep_results(top1, top5, ar, run.edges, names, list(sw.lrs), minival_top1(state))
+        extra = None if sw.weight_decays is None else {"weight_decay": list(sw.weight_decays)}
+        results = sweep_results(
+            top1, top5, ar, run.edges, names, list(sw.lrs), minival_top1(state), extra=extra
+        )
         if step < cfg.total_steps:
             run.logger.write(step, run.eval_name, {"top1": results["top1"], "top5": results["top5"]})
         return results
@@ -310,21 +327,24 @@ def knn_protocol(run: RunContext, backbone: ViT, backbone_np: dict, classes: int
     if not len(bank["label"]):
         raise UserError(f"data.train_split={cfg.data.train_split!r} has no usable images: check data.source")
 
+    ks = tuple(int(k) for k in cfg.probe.knn_k)
+
     def correct(queries: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(top1, top5) bool [Q, F, K]: every feature spec at every k."""
         top1, top5 = [], []
         for f in range(len(specs)):
-            t1, t5 = knn.knn_correct(
+            t1, t5 = knn.knn_correct_at(
                 bank["features"][:, f],
                 bank["label"],
                 queries["features"][:, f],
                 queries["label"],
                 classes,
-                cfg.knn.k,
+                ks,
                 cfg.knn.temperature,
             )
             top1.append(t1)
             top5.append(t5)
-        return np.stack(top1, 1)[:, :, None], np.stack(top5, 1)[:, :, None]
+        return np.stack(top1, 1), np.stack(top5, 1)
 
     minival = None
     if len(run.minival_idx):
@@ -335,9 +355,7 @@ def knn_protocol(run: RunContext, backbone: ViT, backbone_np: dict, classes: int
     queries = _features(embed_fn, backbone_params, batches, mesh, f"kNN {run.eval_name}", cfg.progress_bar)
     top1, top5 = correct(queries)
     names = [F.spec_name(s, cfg.probe.last_k) for s in specs]
-    results = sweep_results(
-        top1, top5, queries["aspect_ratio"], run.edges, names, [int(cfg.knn.k)], minival, "k"
-    )
+    results = sweep_results(top1, top5, queries["aspect_ratio"], run.edges, names, list(ks), minival, "k")
     run.logger.write(0, "train", {"bank_examples": len(bank["label"]), "knn_seconds": time.time() - start})
     return run.finish(results, "k")
 

@@ -140,20 +140,29 @@ def sweep_results(
     values: Sequence[float],
     minival_top1: np.ndarray | None,
     value_name: str = "lr",
+    extra: dict[str, Sequence] | None = None,
 ) -> dict:
     """Results of a sweep: top1, top5 bool [M, F, V] on the evaluation split, one head per (features[f],
-    values[v]) (learning rates, or kNN's k with value_name 'k'); minival_top1 [F, V] or None (one head)."""
+    values[v]) (learning rates, or kNN's k with value_name 'k'); minival_top1 [F, V] or None (one head).
+    extra: more per-value settings named in each head and the selection (e.g. {'weight_decay': [V]})."""
     shape = (len(features), len(values))
     per_head = []
     for f, v in np.ndindex(*shape):
         head = summarize(top1[:, f, v], top5[:, f, v], aspect_ratio, edges)
         minival = None if minival_top1 is None else float(minival_top1[f, v])
-        per_head.append({"features": features[f], value_name: values[v], "minival_top1": minival, **head})
+        more = {name: settings[v] for name, settings in (extra or {}).items()}
+        per_head.append(
+            {"features": features[f], value_name: values[v], **more, "minival_top1": minival, **head}
+        )
     f, v = select_head(minival_top1, shape)
     chosen = per_head[f * shape[1] + v]
     return {
         **{k: chosen[k] for k in ("top1", "top5", "num_examples", "per_aspect_ratio_bin")},
-        "selected": {"features": features[f], value_name: values[v]},
+        "selected": {
+            "features": features[f],
+            value_name: values[v],
+            **{name: settings[v] for name, settings in (extra or {}).items()},
+        },
         "per_head": per_head,
     }
 

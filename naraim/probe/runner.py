@@ -47,8 +47,8 @@ def prepare(cfg: ConfigDict) -> tuple[ConfigDict, ViT, dict, int]:
 
 
 def _pretraining_workdir(init_from: str) -> str:
-    """The pre-training workdir behind init_from (a workdir or its checkpoints/<step> folder)."""
-    path = os.path.realpath(init_from)
+    """The pre-training workdir behind init_from (a workdir, WORKDIR:best or a checkpoints/<step> folder)."""
+    path = os.path.realpath(init_from.removesuffix(":best"))
     parent = os.path.dirname(path)
     return os.path.dirname(parent) if os.path.basename(parent) == CHECKPOINT_DIR else path
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from naraim.infra.optimizer import decay_mask
 from naraim.probe.classifiers import Classifier, Sweep
 from naraim.probe.results import topk_correct
 
@@ -50,19 +51,29 @@ def make_train_step(
     *,
     label_smoothing: float = 0.0,
     lrs: tuple[float, ...] | None = None,
+    weight_decays: tuple[float, ...] | None = None,
+    decay_all: bool = False,
     mix: Callable | None = None,
     cached: bool = False,
 ) -> Callable:
     """Returns jitted step(state, frozen_params, batch) -> (state, metrics), the state donated.
 
     frozen_params: the sweep's backbone parameters (None for fine-tuning). lrs: each head's learning rate,
-    multiplying its updates (the optimizer then has a unit peak rate); None: the optimizer's own. mix(rng,
+    multiplying its updates (the optimizer then has a unit peak rate); None: the optimizer's own.
+    weight_decays: each head's decoupled weight decay (one per lr; the optimizer then has none), added as
+    AdamW adds it (schedule(step) * wd * param, on the kernels decay_mask names, or on all with decay_all)
+    before the learning rate scales the update. mix(rng,
     batch, targets) -> (batch, targets): mixup/CutMix of fine-tuning. cached: batch = {'features' (the
     block stack), 'length', 'label'} from the feature cache; else the batch contract.
     metrics: 'loss', 'accuracy' and 'grad_norm' per head (scalars for one), 'lr' (of lrs[0]).
     """
     heads = model.heads
     scale = None if lrs is None else jnp.asarray(lrs, jnp.float32)
+    decay = None if weight_decays is None else jnp.asarray(weight_decays, jnp.float32)
+
+    def per_value(x: jax.Array, ndim: int) -> jax.Array:
+        """[L] -> broadcastable against stacked [F, L, ...] leaves of `ndim` dimensions."""
+        return x.reshape((1, -1) + (1,) * (ndim - 2))
 
     def loss_fn(params, batch_stats, x, length, label, rng):
         targets = smoothed_targets(label, num_classes, label_smoothing)
@@ -81,8 +92,16 @@ def make_train_step(
         )
         updates, opt_state = _per_head(optimizer.update, heads)(grads, state["opt_state"], state["params"])
         lr = schedule(state["step"])
+        if decay is not None:
+            mask = jax.tree.map(lambda _: True, state["params"]) if decay_all else decay_mask(state["params"])
+            updates = jax.tree.map(
+                lambda u, p, m: u - lr * per_value(decay, p.ndim) * p * m if m else u,
+                updates,
+                state["params"],
+                mask,
+            )
         if scale is not None:
-            updates = jax.tree.map(lambda u: u * scale.reshape((1, -1) + (1,) * (u.ndim - 2)), updates)
+            updates = jax.tree.map(lambda u: u * per_value(scale, u.ndim), updates)
             lr = lr * scale[0]
         metrics = {
             "loss": loss,

@@ -27,8 +27,17 @@ def best_per_block(per_head: list[dict]) -> dict[str, float]:
     return {name: head["top1"] for name, head in best.items()}
 
 
+def fewshot_by_step(folder: str) -> list[list[float]]:
+    """[[step, few-shot top-1], ...] of a pre-training run's evaluations ([] without few-shot rows)."""
+    path = os.path.join(folder, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    rows = [json.loads(line) for line in open(path)]
+    return [[r["step"], r["fewshot_top1"]] for r in rows if r.get("split") == "val" and "fewshot_top1" in r]
+
+
 def arm_seed_results(folder: str) -> dict:
-    """One arm and seed: its probes' results and wall time."""
+    """One arm and seed: its probes' results, its few-shot curve and wall time."""
     attentive = read_results(os.path.join(folder, "probe_attentive"))
     knn = read_results(os.path.join(folder, "probe_knn"))
     linear = read_results(os.path.join(folder, "probe_linear"))
@@ -41,7 +50,8 @@ def arm_seed_results(folder: str) -> dict:
         "linear_top1": linear["top1"],
         "linear_selected": linear["selected"],
         "per_block_top1": best_per_block(attentive["per_head"]),
-        "knn_per_block_top1": {str(h["features"]): h["top1"] for h in knn["per_head"]},
+        "knn_per_block_top1": best_per_block(knn["per_head"]),
+        "fewshot_by_step": fewshot_by_step(folder),
         "per_aspect_ratio_bin": attentive["per_aspect_ratio_bin"],
         "num_examples": attentive["num_examples"],
         "wall_seconds": sum(times.values()),
@@ -69,6 +79,9 @@ def aggregate(runs: dict[int, dict]) -> dict:
     blocks = seeds[0]["per_block_top1"]
     out["per_block_top1"] = {b: float(np.mean([r["per_block_top1"][b] for r in seeds])) for b in blocks}
     out["per_aspect_ratio_bin"] = _mean_bins(seeds)
+    steps = [dict(map(tuple, r["fewshot_by_step"])) for r in seeds]
+    common = sorted(set.intersection(*(set(s) for s in steps))) if steps else []
+    out["fewshot_by_step"] = [[step, float(np.mean([s[step] for s in steps]))] for step in common]
     out["spread"] = {
         m: {
             "min": min(r[m] for r in seeds),
@@ -88,6 +101,18 @@ def _pct(x: float | None) -> str:
 def _range(arm: dict, metric: str) -> str:
     s = arm["spread"][metric]
     return f"{_pct(arm[metric])} ({_pct(s['min'])}-{_pct(s['max'])})"
+
+
+def _steps(plan: dict) -> str:
+    """'N steps', or the steps of each seed where re-planning changed them."""
+    by_seed = plan.get("steps_by_seed", {})
+    if len(set(by_seed.values()) | {plan["steps"]}) == 1:
+        return f"{plan['steps']} steps"
+    return "steps " + ", ".join(f"{steps} (seed {seed})" for seed, steps in by_seed.items()) + " (re-planned)"
+
+
+def _k(selected: dict) -> str:
+    return f", k {selected['k']}" if "k" in selected else ""
 
 
 def _finite(obj):
@@ -113,6 +138,20 @@ def _plot_blocks(arms: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _plot_fewshot(arms: dict, path: str) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for name, arm in arms.items():
+        if arm["fewshot_by_step"]:
+            steps, values = zip(*arm["fewshot_by_step"], strict=True)
+            ax.plot(steps, [100 * v for v in values], marker="o", label=name)
+    ax.set_xlabel("pre-training step")
+    ax.set_ylabel("few-shot top-1 (%, validation subset)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_report(workdir: str, arm_names: tuple[str, ...], seeds: list[int], meta: dict) -> dict:
     """Reads every arm's probes, writes DIR/study.json, DIR/report.md and two plots; returns the study."""
     arms = {
@@ -128,6 +167,8 @@ def write_report(workdir: str, arm_names: tuple[str, ...], seeds: list[int], met
     text = json.dumps(_finite(study), indent=2, allow_nan=False)
     atomic_write(os.path.join(workdir, "study.json"), text + "\n")
     _plot_blocks(arms, os.path.join(workdir, "accuracy_by_block.png"))
+    if any(arm["fewshot_by_step"] for arm in arms.values()):
+        _plot_fewshot(arms, os.path.join(workdir, "fewshot_by_step.png"))
     plot_accuracy_by_bin(
         {a: {"top1": arms[a]["top1"], "per_aspect_ratio_bin": arms[a]["per_aspect_ratio_bin"]} for a in arms},
         os.path.join(workdir, "accuracy_by_aspect_ratio.png"),
@@ -144,7 +185,7 @@ def _markdown(study: dict) -> str:
         "# naraim study",
         "",
         f"Data: `{study['data']}`. Date: {study['date']}. Seeds: {', '.join(map(str, seeds))}. "
-        f"Pre-training: {plan['steps']} steps per arm ({plan['chosen_by']}).",
+        f"Pre-training: {_steps(plan)} per arm ({plan['chosen_by']}).",
         "",
         "Commands:",
         "",
@@ -169,6 +210,14 @@ def _markdown(study: dict) -> str:
     lines += ["| arm | " + " | ".join(blocks) + " |", "|---" * (len(blocks) + 1) + "|"]
     for name, arm in arms.items():
         lines.append(f"| {name} | " + " | ".join(_pct(arm["per_block_top1"][b]) for b in blocks) + " |")
+    curves = {name: dict(map(tuple, arm["fewshot_by_step"])) for name, arm in arms.items()}
+    steps = sorted({step for curve in curves.values() for step in curve})
+    if steps:
+        lines += ["", "Few-shot top-1 (%) during pre-training (eval.fewshot), mean over seeds, by step:", ""]
+        lines += ["| arm | " + " | ".join(map(str, steps)) + " |", "|---" * (len(steps) + 1) + "|"]
+        for name, curve in curves.items():
+            lines.append(f"| {name} | " + " | ".join(_pct(curve.get(step)) for step in steps) + " |")
+        lines += ["", "![few-shot top-1 by step](fewshot_by_step.png)"]
     bins = next(iter(arms.values()))["per_aspect_ratio_bin"]
     lines += ["", "Attentive top-1 (%) per aspect-ratio bin (width/height of the source image):", ""]
     lines += ["| arm | " + " | ".join(f"{bin_label(*b['bin'])} (n={b['count']})" for b in bins) + " |"]
@@ -187,7 +236,7 @@ def _markdown(study: dict) -> str:
             sel, ksel = r["selected"], r["knn_selected"]
             lines.append(
                 f"| {name} | {seed} | {_pct(r['top1'])} | block {sel['features']}, lr {sel['lr']:g} | "
-                f"{_pct(r['knn_top1'])} | block {ksel['features']} | {_pct(r['linear_top1'])} |"
+                f"{_pct(r['knn_top1'])} | block {ksel['features']}{_k(ksel)} | {_pct(r['linear_top1'])} |"
             )
     lines += [
         "",

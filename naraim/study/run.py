@@ -159,6 +159,41 @@ class Study:
         say(f"plan: {plan['steps']} pre-training steps per arm ({plan['chosen_by']}) in {path}")
         return plan
 
+    def round_steps(self, plan: dict, seed: int) -> int:
+        """The pre-training steps of `seed`'s arms (one number per seed, so its arms compare): the plan's
+        for the first seed (or --steps); for a later seed, re-planned from what the finished arms took
+        (their pre-training seconds per step, evaluations and checkpoints included, and their slowest
+        probes) and the budget left, never more than the plan's. Recorded in plan.json (steps_by_seed)."""
+        rounds = plan.setdefault("steps_by_seed", {})
+        if str(seed) in rounds:
+            return int(rounds[str(seed)])
+        steps = plan["steps"]
+        if seed != self.seeds[0] and self.steps is None:
+            done = [s for s in self.seeds if str(s) in rounds]
+            records = {
+                (arm, s): read_json(os.path.join(self.workdir, f"{arm}_s{s}", "arm.json"), "the arm's record")
+                for arm in ARMS
+                for s in done
+            }
+            per_step = max(
+                r["pretrain_seconds"] / max(int(rounds[str(s)]), 1)
+                for (arm, s), r in records.items()
+                if arm != "random_init"
+            )
+            probe = max(sum(r[f"probe_{p}_seconds"] for p in PROBES) for r in records.values())
+            seeds_left = len(self.seeds) - len(done)
+            left = self.budget * 60 - (time.time() - self.start) - seeds_left * len(ARMS) * probe
+            fit = int(SAFETY * left / (seeds_left * (len(ARMS) - 1) * per_step))
+            steps = max(1, min(steps, fit))
+            if steps != plan["steps"]:
+                say(
+                    f"re-plan: seed {seed}'s arms pre-train {steps} steps (finished arms: {per_step:.2f} s "
+                    f"per step, up to {probe:.0f} s of probes; {left / 60:.1f} min left for pre-training)"
+                )
+        rounds[str(seed)] = steps
+        atomic_write(os.path.join(self.workdir, "plan.json"), json.dumps(plan, indent=2))
+        return steps
+
     def probe_seconds(self, seed: int) -> float:
         """Wall seconds of one arm's probes (all of PROBES), read from the random-init arm's record."""
         times = read_json(os.path.join(self.workdir, f"random_init_s{seed}", "arm.json"), "the arm's record")
@@ -195,8 +230,9 @@ class Study:
         self.run_arm("random_init", self.seeds[0], source, 0)
         plan = self.plan(source)
         for seed in self.seeds:
+            steps = self.round_steps(plan, seed)
             for arm in ARMS:
-                self.run_arm(arm, seed, source, plan["steps"])
+                self.run_arm(arm, seed, source, steps)
         meta = {
             "date": datetime.date.today().isoformat(),
             "data": self.data,

@@ -11,7 +11,7 @@ from naraim.infra.metrics_log import WANDB_MODES, WANDB_OPTIONS
 from naraim.infra.optimizer import OPTIM_OPTIONS, validate_optim_config
 from naraim.infra.options import Option, section
 from naraim.model.config import MODEL_OPTIONS, validate_model_config
-from naraim.model.sizes import patch_size
+from naraim.model.sizes import get_size, patch_size
 from naraim.objectives.config import LOSS_OPTIONS, validate_loss_config
 from naraim.train.evaluation import EVAL_OPTIONS, validate_eval_config
 
@@ -103,4 +103,4 @@ def validate_pretrain_config(cfg: ml_collections.ConfigDict, num_devices: int | 
     validate_loss_config(cfg.loss, cfg.model.head)
     if cfg.wandb.mode not in WANDB_MODES:
         raise UserError(f"wandb.mode={cfg.wandb.mode!r}; use one of {', '.join(WANDB_MODES)}")
-    validate_eval_config(cfg.eval, num_devices)
+    validate_eval_config(cfg.eval, num_devices, get_size(cfg.model.variant)["depth"])

@@ -34,7 +34,9 @@ from naraim.model.sizes import patch_size
 from naraim.objectives.mse import loss_weights, per_patch_error
 from naraim.objectives.objective import first_target, make_objective
 from naraim.objectives.targets import unnormalize
+from naraim.probe.features import parse_blocks
 from naraim.train import plots
+from naraim.train.fewshot import FEWSHOT_OPTIONS
 
 EVAL_OPTIONS = {
     "num_examples": Option(
@@ -46,11 +48,22 @@ EVAL_OPTIONS = {
     "num_images": Option(8, "images in the reconstructions plot"),
     "error_map_bins": Option(16, "bins of relative sequence position in the error-by-position plot"),
     "ref_seed": Option(0, "seeds the random prefixes of the reference validation MSE (mse_ref)"),
+    "fewshot": FEWSHOT_OPTIONS,
 }
 
 
-def validate_eval_config(eval_cfg: ConfigDict, num_devices: int) -> None:
-    """Raises UserError naming the first bad `eval.*` value."""
+def validate_eval_config(eval_cfg: ConfigDict, num_devices: int, depth: int) -> None:
+    """Raises UserError naming the first bad `eval.*` value (depth: the backbone's blocks)."""
+    fs = eval_cfg.fewshot
+    if fs.enabled:
+        parse_blocks(fs.blocks, depth, "eval.fewshot.blocks")
+        if fs.shots < 1 or fs.num_eval_examples < 1 or fs.knn_k < 1 or not fs.l2_reg > 0:
+            raise UserError(
+                "eval.fewshot needs shots, num_eval_examples and knn_k >= 1 and l2_reg > 0; got "
+                f"{fs.shots}, {fs.num_eval_examples}, {fs.knn_k}, {fs.l2_reg}"
+            )
+        if fs.attention not in ("bidirectional", "causal"):
+            raise UserError(f"eval.fewshot.attention={fs.attention!r}: use 'bidirectional' or 'causal'")
     if eval_cfg.batch_size % num_devices:
         raise UserError(f"eval.batch_size={eval_cfg.batch_size} is not divisible by {num_devices} devices")
     if eval_cfg.num_examples < -1 or eval_cfg.batch_size < 1 or eval_cfg.num_images < 0:

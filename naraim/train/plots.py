@@ -1,5 +1,5 @@
-"""PNG figures of pre-training evaluation: per-position error maps and target/prediction reconstruction
-grids."""
+"""PNG figures of pre-training evaluation: per-position error maps, target/prediction reconstruction grids,
+and the run's curves over steps."""
 
 import matplotlib
 
@@ -60,6 +60,35 @@ def save_error_grid(errors: np.ndarray, path: str, title: str = "") -> None:
     ax.set_xlabel("patch column")
     ax.set_ylabel("patch row")
     ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_training_curves(rows: list[dict], path: str, title: str = "") -> None:
+    """Loss (train and validation) and, where logged, few-shot and kNN top-1 against the step, from the
+    rows of metrics.jsonl."""
+    train = [(r["step"], r["loss"]) for r in rows if r.get("split") == "train" and "loss" in r]
+    val = [r for r in rows if r.get("split") == "val"]
+    accuracy_keys = [k for k in ("fewshot_top1", "knn_top1") if any(k in r for r in val)]
+    fig, axes = plt.subplots(1, 1 + bool(accuracy_keys), figsize=(5.5 * (1 + bool(accuracy_keys)), 3.6))
+    axes = np.atleast_1d(axes)
+    if train:
+        axes[0].plot(*zip(*train, strict=True), label="train loss")
+    losses = [(r["step"], r["loss"]) for r in val if "loss" in r]
+    if losses:
+        axes[0].plot(*zip(*losses, strict=True), "o-", label="validation loss")
+    axes[0].set_xlabel("step")
+    axes[0].set_yscale("log")
+    axes[0].legend()
+    for key in accuracy_keys:
+        points = [(r["step"], r[key]) for r in val if key in r]
+        axes[1].plot(*zip(*points, strict=True), "o-", label=key.replace("_top1", " top-1"))
+    if accuracy_keys:
+        axes[1].set_xlabel("step")
+        axes[1].set_ylabel("top-1 (validation subset)")
+        axes[1].legend()
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -3,6 +3,7 @@ checkpoint), compile once, run the jitted steps with logging, evaluation and che
 line on NaN, Ctrl-C / SIGTERM or a failing input pipeline."""
 
 import contextlib
+import json
 import os
 import time
 
@@ -13,16 +14,18 @@ from ml_collections import ConfigDict
 from naraim.console import duration, progress, say
 from naraim.data.pipeline import make_train_iterator
 from naraim.errors import UserError
-from naraim.infra.checkpoint import Checkpointer, abstract_like, write_config
+from naraim.infra.checkpoint import Checkpointer, abstract_like, read_best, save_best, write_config
 from naraim.infra.mesh import global_batch, make_mesh
-from naraim.infra.metrics_log import MetricsLogger
+from naraim.infra.metrics_log import METRICS_FILE, MetricsLogger
 from naraim.infra.optimizer import make_optimizer
 from naraim.infra.workdir import CONFIG_FILE, MUTABLE_KEYS, WorkdirLock, check_resume_config, read_json
 from naraim.model.model import make_model
 from naraim.model.sizes import patch_size
 from naraim.stop_signals import raise_if_stopped, stop_signals
+from naraim.train import plots
 from naraim.train.config import fit_schedule, validate_pretrain_config
 from naraim.train.evaluation import Evaluator
+from naraim.train.fewshot import FewShot
 from naraim.train.step import init_state, make_train_step
 
 
@@ -127,6 +130,12 @@ class _Run:
             if cfg.eval.num_examples
             else None
         )
+        self.fewshot = None
+        if evaluator is not None and cfg.eval.fewshot.enabled:
+            self.fewshot = FewShot(cfg, self.mesh)
+            if self.fewshot.skip:
+                say(self.fewshot.skip)
+                self.fewshot = None
         logger = MetricsLogger(self.workdir, cfg, resume_step=step)
         try:
             summary = {"step": step}
@@ -148,12 +157,31 @@ class _Run:
         val, pngs = evaluator.run(state["params"], step)
         if not val:
             return
+        fewshot = ""
+        if self.fewshot is not None:
+            fewshot_start = time.time()
+            val.update(self.fewshot.run(state["params"]))
+            val["fewshot_seconds"] = time.time() - fewshot_start
+            fewshot = f", few-shot top-1 {val['fewshot_top1']:.3f}, kNN top-1 {val['knn_top1']:.3f}"
+            summary["fewshot_top1"] = val["fewshot_top1"]
+            self._keep_if_best(step, state["params"], val["fewshot_top1"])
         logger.write(step, "val", val)
         summary["val_loss"] = val["loss"]
         ref = f", mse_ref {val['mse_ref']:.4f}" if "mse_ref" in val else ""
-        say(f"step {step}: validation loss {val['loss']:.4f}{ref} ({time.time() - start:.1f} s)")
+        say(f"step {step}: validation loss {val['loss']:.4f}{ref}{fewshot} ({time.time() - start:.1f} s)")
+        if jax.process_index() == 0:
+            pngs.append(os.path.join(self.workdir, "curves.png"))
+            rows = [json.loads(line) for line in open(os.path.join(self.workdir, METRICS_FILE))]
+            plots.save_training_curves(rows, pngs[-1], os.path.basename(os.path.abspath(self.workdir)))
         for path in pngs:
             logger.write_image(step, os.path.splitext(os.path.basename(path))[0].rsplit("_", 1)[0], path)
+
+    def _keep_if_best(self, step: int, params, value: float) -> None:
+        """Keeps these parameters as the run's best (WORKDIR/best, best.json) if few-shot top-1 improved."""
+        best = read_best(self.workdir)
+        if not np.isfinite(value) or (best is not None and best["value"] >= value and best["step"] != step):
+            return
+        save_best(self.workdir, step, params, "fewshot_top1", value)
 
     def _next_batch(self, train_iter, step: int) -> dict:
         try:
@@ -224,6 +252,8 @@ class _Run:
                     }
                     logger.write(step, "train", record)
                     val = f" val {last_val:.4f}" if last_val is not None else ""
+                    if summary.get("fewshot_top1") is not None:
+                        val += f" few-shot {summary['fewshot_top1']:.3f}"
                     ips = record["images_per_sec"]
                     bar.update(step, f"loss {record['loss']:.4f}{val} lr {record['lr']:.2e} {ips:.0f} img/s")
                     summary.update(step=step, train_loss=record["loss"])

@@ -215,6 +215,10 @@ class FolderSource:
         """The file of example `index`."""
         return self._items[index][0]
 
+    def label(self, index: int) -> int:
+        """The class id of example `index` (from the listing: no file is read)."""
+        return self._items[index][1]
+
     def __getitem__(self, index: int) -> Example:
         path, label = self._items[index]
         return read_file(path, self.max_file_bytes), label, path, None
