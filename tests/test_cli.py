@@ -24,6 +24,8 @@ SCRIPTS = {
     "inspect_data.py": ["--split", "--num", "--out", "--train"],
     "record_reference.py": [],
     "compare_reference_training.py": ["--reference_repo", "--reference_python", "--steps"],
+    "export.py": ["--workdir", "--out", "--step", "--grid"],
+    "timm_check.py": [],
 }
 CLI_DOC = open(os.path.join(ROOT, "docs", "cli.md")).read()
 

@@ -1,0 +1,1 @@
+"""Moving backbones between naraim and other libraries (docs/interop.md)."""

@@ -1,0 +1,231 @@
+"""naraim backbones in timm's VisionTransformer layout (timm 1.0.31), and back.
+
+A backbone with an additive position embedding (absolute_sincos_2d, fractional, learned) or none maps
+exactly onto timm's VisionTransformer with class_token=False, global_pool='avg', fc_norm=False,
+num_classes=0: naraim's table is evaluated on the export grid and stored as a learned pos_embed (so the
+exported model has a fixed input size), the patch kernel [P*P*3, D] (pixels in (row, col, channel) order)
+becomes the conv weight [D, 3, P, P], the fused q/k/v kernel [D, 3, H, Dh] the Linear weight [3D, D], the
+output projection [H, Dh, D] a [D, D] weight, and dense kernels are transposed. The input is the image
+normalised as the run's model.pixel_scale says (pretrained_cfg mean/std). The features are those of naraim
+with bidirectional attention.
+
+What timm's VisionTransformer cannot carry ends with one line (ExportError): rotary embeddings (rope_1d has
+no timm equivalent; rope_2d maps onto timm's Eva, not written here), a LayerNorm epsilon other than timm's
+1e-6 (its config names norms by string), a patch LayerNorm (model.patch_norm).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+
+from naraim.errors import UserError
+from naraim.model import posemb
+from naraim.model.config import resolve_model_config
+from naraim.model.pixels import PIXEL_MEAN, PIXEL_STD
+from naraim.model.sizes import get_size
+
+TIMM_VERSION = "1.0.31"  # the version whose layout this module writes (tests/fixtures/timm_manifest.json)
+EXPORTABLE_POSEMBS = ("absolute_sincos_2d", "fractional", "learned", "none")
+
+
+class ExportError(UserError):
+    """An option timm's VisionTransformer cannot carry exactly (one line, naming it and what to do)."""
+
+
+def check_exportable(model_cfg) -> ConfigDict:
+    """The resolved model config, or ExportError for the first option that does not export exactly."""
+    cfg = resolve_model_config(model_cfg)
+    if cfg.posemb not in EXPORTABLE_POSEMBS:
+        raise ExportError(
+            f"model.posemb={cfg.posemb!r} does not export to timm's VisionTransformer (rope_2d maps onto "
+            "timm's Eva, rope_1d onto nothing): use load_backbone for this run"
+        )
+    if abs(float(cfg.norm_eps) - 1e-6) > 1e-12:
+        raise ExportError(
+            f"model.norm_eps={cfg.norm_eps} cannot be carried by timm's config.json (its LayerNorm has eps "
+            "1e-6): use load_backbone for this run"
+        )
+    if cfg.patch_norm:
+        raise ExportError(
+            "model.patch_norm=True (a LayerNorm after the patch embedding) has no switch in timm's "
+            "VisionTransformer config: use load_backbone for this run"
+        )
+    if cfg.sos_token:
+        raise ExportError("model.sos_token=True (DARL's SOS token) does not export: use load_backbone")
+    return cfg
+
+
+def grid_coords(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """(coords int32 [1, rows*cols, 2] in raster order, grid int32 [1, 2])."""
+    r, c = np.divmod(np.arange(rows * cols, dtype=np.int32), cols)
+    return np.stack([r, c], -1)[None], np.array([[rows, cols]], np.int32)
+
+
+def position_table(params: dict, cfg: ConfigDict, rows: int, cols: int) -> np.ndarray | None:
+    """float32 [1, rows*cols, D]: the additive position embedding of a rows x cols grid (None: 'none')."""
+    width = get_size(cfg.variant)["width"]
+    coords, grid = grid_coords(rows, cols)
+    coords, grid = jnp.asarray(coords), jnp.asarray(grid)
+    if cfg.posemb == "none":
+        return None
+    if cfg.posemb == "absolute_sincos_2d":
+        table = posemb.absolute_sincos_2d(coords, width)
+    elif cfg.posemb == "fractional":
+        module = posemb.Fractional(width, cfg.fractional_scale)
+        table = module.apply({"params": params["posemb"]}, coords, grid)
+    else:
+        module = posemb.Learned(width, cfg.learned_posemb_max_side)
+        table = module.apply({"params": params["posemb"]}, coords)
+    return np.asarray(table, np.float32)
+
+
+def to_timm(params: dict, model_cfg, rows: int, cols: int) -> dict[str, np.ndarray]:
+    """timm VisionTransformer state dict (float32 numpy) of naraim backbone params for a rows x cols grid."""
+    cfg = check_exportable(model_cfg)
+    size = get_size(cfg.variant)
+    p, d = size["patch"], size["width"]
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+    out = {
+        "patch_embed.proj.weight": params["embed"]["kernel"].reshape(p, p, 3, d).transpose(3, 2, 0, 1),
+        "patch_embed.proj.bias": params["embed"]["bias"],
+        "norm.weight": params["encoder_norm"]["scale"],
+        "norm.bias": params["encoder_norm"]["bias"],
+    }
+    table = position_table(params, cfg, rows, cols)
+    if table is not None:
+        out["pos_embed"] = table
+    for i in range(size["depth"]):
+        block, prefix = params[f"block_{i}"], f"blocks.{i}."
+        attn, mlp = block["attn"], block["mlp"]
+        out[prefix + "norm1.weight"], out[prefix + "norm1.bias"] = (
+            block["norm1"]["scale"],
+            block["norm1"]["bias"],
+        )
+        out[prefix + "norm2.weight"], out[prefix + "norm2.bias"] = (
+            block["norm2"]["scale"],
+            block["norm2"]["bias"],
+        )
+        out[prefix + "attn.qkv.weight"] = attn["qkv"]["kernel"].reshape(d, 3 * d).T
+        out[prefix + "attn.proj.weight"] = attn["out"]["kernel"].reshape(d, d).T
+        out[prefix + "mlp.fc1.weight"] = mlp["fc1"]["kernel"].T
+        out[prefix + "mlp.fc2.weight"] = mlp["fc2"]["kernel"].T
+        if cfg.use_bias:  # timm's proj_bias also switches the MLP's biases
+            out[prefix + "attn.qkv.bias"] = attn["qkv"]["bias"].reshape(3 * d)
+            out[prefix + "attn.proj.bias"] = attn["out"]["bias"]
+            out[prefix + "mlp.fc1.bias"] = mlp["fc1"]["bias"]
+            out[prefix + "mlp.fc2.bias"] = mlp["fc2"]["bias"]
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}
+
+
+def from_timm(state: dict[str, np.ndarray], model_cfg) -> dict:
+    """naraim backbone params of a timm state dict written by to_timm (the position table of 'learned' and
+    'fractional' is not recovered from a baked pos_embed: those params come back only for the other
+    embeddings)."""
+    cfg = resolve_model_config(model_cfg)
+    size = get_size(cfg.variant)
+    p, d, h = size["patch"], size["width"], size["heads"]
+    params = {
+        "embed": {
+            "kernel": state["patch_embed.proj.weight"].transpose(2, 3, 1, 0).reshape(p * p * 3, d),
+            "bias": state["patch_embed.proj.bias"],
+        },
+        "encoder_norm": {"scale": state["norm.weight"], "bias": state["norm.bias"]},
+    }
+    for i in range(size["depth"]):
+        prefix = f"blocks.{i}."
+        block = {
+            "norm1": {"scale": state[prefix + "norm1.weight"], "bias": state[prefix + "norm1.bias"]},
+            "norm2": {"scale": state[prefix + "norm2.weight"], "bias": state[prefix + "norm2.bias"]},
+            "attn": {
+                "qkv": {"kernel": state[prefix + "attn.qkv.weight"].T.reshape(d, 3, h, d // h)},
+                "out": {"kernel": state[prefix + "attn.proj.weight"].T.reshape(h, d // h, d)},
+            },
+            "mlp": {
+                "fc1": {"kernel": state[prefix + "mlp.fc1.weight"].T},
+                "fc2": {"kernel": state[prefix + "mlp.fc2.weight"].T},
+            },
+        }
+        if cfg.use_bias:
+            block["attn"]["qkv"]["bias"] = state[prefix + "attn.qkv.bias"].reshape(3, h, d // h)
+            block["attn"]["out"]["bias"] = state[prefix + "attn.proj.bias"]
+            block["mlp"]["fc1"]["bias"] = state[prefix + "mlp.fc1.bias"]
+            block["mlp"]["fc2"]["bias"] = state[prefix + "mlp.fc2.bias"]
+        params[f"block_{i}"] = block
+    return params
+
+
+def timm_config(model_cfg, rows: int, cols: int) -> dict:
+    """timm's config.json for the exported model (VisionTransformer args and the pretrained_cfg that says
+    how to feed it)."""
+    cfg = check_exportable(model_cfg)
+    size = get_size(cfg.variant)
+    p = size["patch"]
+    mean, std = (PIXEL_MEAN, PIXEL_STD) if cfg.pixel_scale == "imagenet" else ((0.0,) * 3, (1.0,) * 3)
+    return {
+        "architecture": "vit_base_patch16_224",
+        "num_classes": 0,
+        "num_features": size["width"],
+        "global_pool": "avg",
+        "model_args": {
+            "img_size": [rows * p, cols * p],
+            "patch_size": p,
+            "embed_dim": size["width"],
+            "depth": size["depth"],
+            "num_heads": size["heads"],
+            "mlp_ratio": size["mlp_dim"] / size["width"],
+            "qkv_bias": bool(cfg.use_bias),
+            "proj_bias": bool(cfg.use_bias),
+            "class_token": False,
+            "global_pool": "avg",
+            "fc_norm": False,
+            "pos_embed": "none" if cfg.posemb == "none" else "learn",
+            "act_layer": "gelu" if cfg.gelu == "exact" else "gelu_tanh",
+            "num_classes": 0,
+        },
+        "pretrained_cfg": {
+            "input_size": [3, rows * p, cols * p],
+            "fixed_input_size": True,
+            "mean": list(mean),
+            "std": list(std),
+            "interpolation": "bicubic",
+            "crop_pct": 1.0,
+            "num_classes": 0,
+        },
+    }
+
+
+def model_card(
+    name: str, run_cfg: ConfigDict, step: int, rows: int, cols: int, probes: dict[str, dict]
+) -> str:
+    """README.md of an exported model: Hugging Face front matter (library_name timm) and what the run was."""
+    m, d = run_cfg.model, run_cfg.data
+    p = get_size(m.variant)["patch"]
+    lines = [
+        "---",
+        "library_name: timm",
+        "license: apache-2.0",
+        "tags: [image-feature-extraction, timm, naraim]",
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"A ViT-{m.variant} pre-trained with [naraim](https://github.com/daniel-gallo/naraim) by next-patch "
+        f"prediction ({m.attention} attention, {m.posemb} position embedding, {run_cfg.loss.objective} "
+        f"objective) for {step} steps of batch {run_cfg.batch_size} on `{d.source}`, exported for a "
+        f"{rows}x{cols} grid ({rows * p}x{cols * p} pixels; the position table is baked for that grid).",
+        "",
+        "```python",
+        "import timm",
+        f"model = timm.create_model('local-dir:{name}', pretrained=True)  # or hf-hub:<repo>",
+        "features = model.forward_features(images)  # [B, T, D], final-LayerNorm tokens",
+        "```",
+        "",
+        "Inputs: RGB in [0, 1], normalised with the config's mean and std. The features equal naraim's",
+        "`load_backbone(...)(images)[0]` with bidirectional attention.",
+    ]
+    if probes:
+        lines += ["", "| probe | top-1 | top-5 |", "|---|---|---|"]
+        for probe, r in sorted(probes.items()):
+            lines.append(f"| {probe} | {100 * r['top1']:.1f} | {100 * r['top5']:.1f} |")
+    return "\n".join(lines) + "\n"

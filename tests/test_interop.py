@@ -1,0 +1,120 @@
+"""Backbones that travel: load_backbone, and the export to timm's VisionTransformer layout
+(tests/fixtures/timm_manifest.json was recorded with timm itself: scripts/timm_check.py)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from probe_helpers import ROOT, pretrain_workdir
+from safetensors.numpy import load_file
+
+from naraim import load_backbone
+from naraim.data.tokens import to_tokens
+from naraim.errors import UserError
+from naraim.interop.timm import ExportError, from_timm, timm_config, to_timm
+from naraim.model.model import dummy_batch
+from naraim.model.vit import make_backbone
+from naraim.train.config import default_pretrain_config
+
+MANIFEST = os.path.join(ROOT, "tests", "fixtures", "timm_manifest.json")
+
+
+def _recorder():
+    spec = importlib.util.spec_from_file_location(
+        "timm_check", os.path.join(ROOT, "scripts", "timm_check.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _params(model: dict):
+    cfg = default_pretrain_config()
+    cfg.model.update(model)
+    cfg.data.update(image_size=32, max_tokens=16)
+    params = make_backbone(cfg.model).init(jax.random.key(0), *dummy_batch(cfg, 1).values())["params"]
+    return cfg, jax.tree.map(np.asarray, params)
+
+
+@pytest.mark.parametrize("case", list(_recorder().CASES))
+def test_exports_have_the_keys_shapes_and_arguments_timm_builds(case):
+    manifest = json.load(open(MANIFEST))
+    assert manifest["timm"] == "1.0.31" and sorted(manifest["cases"]) == sorted(_recorder().CASES)
+    model, (rows, cols) = _recorder().CASES[case]
+    cfg, params = _params(model)
+    state = to_timm(params, cfg.model, rows, cols)
+    expected = manifest["cases"][case]
+    assert {k: list(v.shape) for k, v in state.items()} == expected["state"]
+    assert json.loads(json.dumps(timm_config(cfg.model, rows, cols)["model_args"])) == expected["model_args"]
+
+
+@pytest.mark.parametrize("model", [{"posemb": "absolute_sincos_2d"}, {"posemb": "none", "use_bias": False}])
+def test_naraim_to_timm_to_naraim_is_the_identity(model):
+    cfg, params = _params({"variant": "Pico/8", **model})
+    back = from_timm(to_timm(params, cfg.model, 4, 4), cfg.model)
+    assert jax.tree.structure(back) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "model, says",
+    [
+        ({"posemb": "rope_2d"}, "model.posemb='rope_2d'"),
+        ({"posemb": "rope_1d"}, "model.posemb='rope_1d'"),
+        ({"norm_eps": 1e-5}, "model.norm_eps=1e-05"),
+        ({"patch_norm": True}, "model.patch_norm=True"),
+        ({"sos_token": True}, "model.sos_token=True"),
+    ],
+)
+def test_what_timm_cannot_carry_is_refused_in_one_line(model, says):
+    cfg, params = _params({"variant": "Pico/8", **model})
+    with pytest.raises(ExportError, match=says.replace("(", r"\(")) as error:
+        to_timm(params, cfg.model, 4, 4)
+    assert "\n" not in str(error.value)
+
+
+def test_load_backbone_gives_the_vits_bidirectional_features_of_images():
+    workdir = pretrain_workdir()
+    backbone = load_backbone(workdir)
+    images = np.random.default_rng(0).integers(0, 256, (2, 24, 32, 3)).astype(np.uint8)
+    features, blocks = backbone(images)
+    assert features.shape == (2, 12, backbone.vit.width) and sorted(blocks) == ["block_0", "block_1"]
+    tokens = [to_tokens(image, patch_size=8, max_tokens=12) for image in images]
+    batch = {k: np.stack([t[k] for t in tokens]) for k in tokens[0]}
+    expected, inter = backbone.vit.apply(
+        {"params": backbone.params}, *batch.values(), attention="bidirectional"
+    )
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5)  # jitted there, not here
+    np.testing.assert_allclose(blocks["block_1"], inter["block_1"], rtol=1e-5, atol=1e-5)
+    causal, _ = backbone(images, attention="causal")
+    assert not np.allclose(causal, features)
+    assert load_backbone(workdir, step=backbone.step).step == backbone.step
+    with pytest.raises(UserError, match="multiples of the patch size"):
+        backbone(images[:, :20])
+    with pytest.raises(UserError, match="uint8"):
+        backbone(images.astype(np.float32))
+
+
+@pytest.mark.slow
+def test_export_script_writes_timms_files_and_a_model_card(tmp_path):
+    workdir = pretrain_workdir()
+    out = tmp_path / "export"
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, os.path.join(ROOT, "scripts", "export.py"), *args], capture_output=True, text=True
+    )
+    r = run("--workdir", workdir, "--out", str(out), "--grid", "2x3")
+    assert r.returncode == 0, r.stderr
+    config = json.load(open(out / "config.json"))
+    assert config["model_args"]["img_size"] == [16, 24] and config["pretrained_cfg"]["fixed_input_size"]
+    state = load_file(str(out / "model.safetensors"))
+    assert state["pos_embed"].shape == (1, 6, config["num_features"])
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: timm\n") and "local-dir:" in card
+    bad = run("--workdir", workdir, "--out", str(tmp_path / "x"), "--grid", "2by3")
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "ROWSxCOLS" in bad.stderr
