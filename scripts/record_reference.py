@@ -573,6 +573,63 @@ def record_aim(args) -> None:
     write_fixture(args.out, "aim", out, meta)
 
 
+def record_aim_v1(args) -> None:
+    """ml-aim's AIMv1 torch model at two blocks of width 64, every parameter drawn at random: its weights,
+    a 2x3-patch batch, each block's output, the final-normed tokens and the probe head's logits on the mean
+    of both blocks (tests/test_import.py imports the weights and must reproduce them)."""
+    aim_tree = checkout(args.ml_aim_repo, ML_AIM_COMMIT)
+    import torch  # noqa: PLC0415  (the AIM environment only)
+
+    torch.manual_seed(args.seed)
+    with imported_from(os.path.join(aim_tree, "aim-v1"), "aim"):
+        from aim.v1.torch import models  # noqa: PLC0415
+
+        pre, trunk, head = models._aim(
+            img_size=(28, 42),
+            patch_size=14,
+            embed_dim=64,
+            num_blocks=2,
+            num_heads=4,
+            probe_layers=2,
+            num_classes=5,
+        )
+        model = models.AIM(pre, trunk, head).eval()
+        with torch.no_grad():
+            for name, tensor in model.state_dict().items():
+                if tensor.dtype.is_floating_point:
+                    tensor.copy_(
+                        torch.rand_like(tensor) + 0.5
+                        if name.endswith("running_var")
+                        else tensor + 0.2 * torch.randn_like(tensor)
+                    )
+            rng = np.random.default_rng(args.seed)
+            pixels = rng.integers(0, 256, (2, 28, 42, 3), dtype=np.uint8)
+            mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+            image = torch.tensor(((pixels / 255.0 - mean) / std).transpose(0, 3, 1, 2), dtype=torch.float32)
+            tokens, blocks = model.trunk(model.preprocessor(image))
+            logits = model.head(tokens)
+            encoded = model.trunk.post_trunk_norm(blocks[-1])
+        out = {"pixels": pixels, "encoded": encoded.numpy(), "logits": logits.numpy()}
+        out.update({f"block_{i}": b.numpy() for i, b in enumerate(blocks)})
+        out.update(
+            {f"param.{k}": v.numpy() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
+        )
+        meta = {
+            "commits": {"ml_aim": commit_id(args.ml_aim_repo, ML_AIM_COMMIT)},
+            "settings": {
+                "img_size": [28, 42],
+                "patch_size": 14,
+                "embed_dim": 64,
+                "num_blocks": 2,
+                "num_heads": 4,
+                "probe_layers": [0, 1],
+                "num_classes": 5,
+                "seed": args.seed,
+            },
+        }
+    write_fixture(args.out, "aim_v1", out, meta)
+
+
 def _bare_package(name: str, path: str) -> None:
     """Registers package `name` at `path`, and every package below it, without running their __init__
     files (l3m's import its whole stack; the NARAIM reference's transformations/ imports timm): only the
@@ -608,6 +665,12 @@ def main() -> None:
     for p in (naraim, aim):
         p.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures"), help="fixture folder")
         p.add_argument("--seed", type=int, default=0, help="seeds the reference's random draws")
+    aim_v1 = sub.add_parser(
+        "aim_v1", help="record ml-aim's AIMv1 model (tiny, random weights) for the import"
+    )
+    aim_v1.add_argument("--ml_aim_repo", required=True, help="a git checkout of github.com/apple/ml-aim")
+    aim_v1.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures"), help="fixture folder")
+    aim_v1.add_argument("--seed", type=int, default=0, help="seeds the weights and images")
     tf_records = sub.add_parser("tfrecords", help="the NARAIM reference's TFRecords of an image folder")
     tf_records.add_argument("--repo", required=True, help="a git checkout of github.com/daniel-gallo/naraim")
     tf_records.add_argument("--data", required=True, help="an image folder with train/ and validation/")
@@ -630,6 +693,7 @@ def main() -> None:
     commands = {
         "naraim": record_naraim,
         "aim": record_aim,
+        "aim_v1": record_aim_v1,
         "tfrecords": write_tfrecords,
         "train": train_reference,
     }

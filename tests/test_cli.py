@@ -26,6 +26,7 @@ SCRIPTS = {
     "compare_reference_training.py": ["--reference_repo", "--reference_python", "--steps"],
     "export.py": ["--workdir", "--out", "--step", "--grid"],
     "timm_check.py": [],
+    "import_weights.py": ["--format", "--checkpoint", "--variant", "--out", "--image_size"],
 }
 CLI_DOC = open(os.path.join(ROOT, "docs", "cli.md")).read()
 

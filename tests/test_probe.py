@@ -444,8 +444,10 @@ def test_knn_votes_with_exp_similarity_over_temperature_among_the_k_nearest():
 def test_knn_probe_writes_per_block_results(workdir, tmp_path):
     cfg = tiny_probe_config(workdir, "knn")
     results = run_probe(cfg, str(tmp_path))
-    assert [h["features"] for h in results["per_head"]] == [0, 1, "mean_last_2"]
-    assert all(h["k"] == 20 and h["minival_top1"] is not None for h in results["per_head"])
+    # the bank holds 43 images (48 less the minival split): k = 100 and 200 run as 43
+    heads = [(h["features"], h["k"]) for h in results["per_head"]]
+    assert heads == [(f, k) for f in (0, 1, "mean_last_2") for k in (10, 20, 43)]
+    assert all(h["minival_top1"] is not None for h in results["per_head"])
     assert results["num_examples"] == 24 and set(results["selected"]) == {"features", "k"}
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["per_head"][0]["per_aspect_ratio_bin"][-1]["bin"] == [2.0, None]
@@ -544,21 +546,25 @@ def test_the_knn_bank_holds_the_training_indices_and_minival_queries_only_miniva
     cfg = tiny_probe_config(workdir, "knn")
     cfg.probe.update(minival_fraction=0.25)
     queried = []
-    real = protocols.knn.knn_correct
+    real = protocols.knn.knn_correct_at
 
-    def knn_correct(bank, bank_labels, queries, query_labels, *args):
+    def knn_correct_at(bank, bank_labels, queries, query_labels, *args):
         top1, top5 = real(bank, bank_labels, queries, query_labels, *args)
         queried.append((sorted(bank_labels.tolist()), sorted(query_labels.tolist()), top1))
         return top1, top5
 
-    monkeypatch.setattr(protocols.knn, "knn_correct", knn_correct)
+    monkeypatch.setattr(protocols.knn, "knn_correct_at", knn_correct_at)
     results = run_probe(cfg, str(tmp_path))
     train_idx, minival_idx = split_minival(48, 0.25, cfg.seed)
     bank_labels = sorted(_labels(cfg, "train", train_idx))
     assert all(bank == bank_labels for bank, _, _ in queried)  # every query searched the training bank
     assert _metrics(tmp_path)[-2]["bank_examples"] == len(train_idx) == 36
+    # one query per block, top1 [Q, K]; per_head runs block-major over k
     minival = [t for _, q, t in queried if q == sorted(_labels(cfg, "train", minival_idx))]
-    assert len(minival) == len(results["per_head"]) == 3
-    assert [h["minival_top1"] for h in results["per_head"]] == pytest.approx([t.mean() for t in minival])
+    assert len(minival) == 3 and len(results["per_head"]) == 3 * minival[0].shape[1]
+    by_head = [x for t in minival for x in t.mean(axis=0)]
+    assert [h["minival_top1"] for h in results["per_head"]] == pytest.approx(by_head)
     validation = [t for _, q, t in queried if len(q) == 24]
-    assert [h["top1"] for h in results["per_head"]] == pytest.approx([t.mean() for t in validation])
+    assert [h["top1"] for h in results["per_head"]] == pytest.approx(
+        [x for t in validation for x in t.mean(0)]
+    )

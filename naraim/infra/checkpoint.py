@@ -259,6 +259,13 @@ def read_best(workdir: str) -> dict | None:
     return read_json(path, "the best-checkpoint record") if os.path.exists(path) else None
 
 
+def write_params(checkpoint_dir: str, step: int, params) -> None:
+    """CHECKPOINT_DIR/<step>/state holding {'params': params}: what restore_params reads (an imported run,
+    the best evaluation)."""
+    with absl_warnings_silenced():
+        ocp.PyTreeCheckpointer().save(os.path.join(checkpoint_dir, str(step), "state"), {"params": params})
+
+
 def save_best(workdir: str, step: int, params, metric: str, value: float) -> None:
     """Keeps `params` as the run's best (WORKDIR/best/<step>, replacing the previous best) and records
     {'step', 'metric', 'value'} in WORKDIR/best.json; every process calls it."""
@@ -267,8 +274,7 @@ def save_best(workdir: str, step: int, params, metric: str, value: float) -> Non
     if jax.process_index() == 0 and os.path.exists(staging):
         shutil.rmtree(staging)
     multihost_utils.sync_global_devices("naraim_best_staging")
-    with absl_warnings_silenced():
-        ocp.PyTreeCheckpointer().save(os.path.join(staging, str(step), "state"), {"params": params})
+    write_params(staging, step, params)
     multihost_utils.sync_global_devices("naraim_best_saved")
     if jax.process_index() == 0:
         if os.path.exists(final):

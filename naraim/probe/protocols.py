@@ -327,7 +327,8 @@ def knn_protocol(run: RunContext, backbone: ViT, backbone_np: dict, classes: int
     if not len(bank["label"]):
         raise UserError(f"data.train_split={cfg.data.train_split!r} has no usable images: check data.source")
 
-    ks = tuple(int(k) for k in cfg.probe.knn_k)
+    # k beyond the bank is the whole bank: each k reported is one that ran
+    ks = tuple(dict.fromkeys(min(int(k), len(bank["label"])) for k in cfg.probe.knn_k))
 
     def correct(queries: dict) -> tuple[np.ndarray, np.ndarray]:
         """(top1, top5) bool [Q, F, K]: every feature spec at every k."""

@@ -1,0 +1,77 @@
+"""AIMv1 weights imported from ml-aim's own outputs (tests/fixtures/aim_v1_reference.npz: a 2-block, width-64
+model with random weights, recorded by scripts/record_reference.py aim_v1 at the ml-aim commit in its
+.json)."""
+
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from probe_helpers import ROOT
+from safetensors.numpy import save_file
+
+from naraim import load_backbone
+from naraim.data.tokens import to_tokens
+from naraim.interop.aim_v1 import backbone_params, model_overrides, probe_head
+from naraim.model.vit import make_backbone
+from naraim.probe.heads import ProbeHead
+
+FIXTURE = dict(np.load(os.path.join(ROOT, "tests", "fixtures", "aim_v1_reference.npz")))
+STATE = {k.removeprefix("param."): v for k, v in FIXTURE.items() if k.startswith("param.")}
+
+
+def _tokens(pixels: np.ndarray) -> list[jnp.ndarray]:
+    examples = [to_tokens(image, patch_size=14, max_tokens=6) for image in pixels]
+    return [jnp.asarray(np.stack([e[k] for e in examples])) for k in ("patches", "coords", "grid", "length")]
+
+
+def test_imported_aim_v1_gives_ml_aims_blocks_features_and_probe_logits():
+    vit = make_backbone(model_overrides("Pico/14"))
+    params = backbone_params(STATE, "Pico/14")
+    encoded, inter = vit.apply({"params": params}, *_tokens(FIXTURE["pixels"]), attention="bidirectional")
+    for i in range(2):
+        np.testing.assert_allclose(inter[f"block_{i}"], FIXTURE[f"block_{i}"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(encoded, FIXTURE["encoded"], rtol=1e-4, atol=1e-4)
+    head = probe_head(STATE, "Pico/14")
+    mean = (inter["block_0"] + inter["block_1"]) / 2  # ml-aim's AverageLayers over its probe layers
+    logits = ProbeHead(5, 4).apply(head, mean, jnp.full(2, 6), False)
+    np.testing.assert_allclose(logits, FIXTURE["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_a_checkpoint_of_another_size_is_refused_in_one_line():
+    with pytest.raises(Exception, match="patch embedding is \\[64, 3, 14, 14\\], AIM-0.6B needs") as error:
+        backbone_params(STATE, "AIM-0.6B")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.slow
+def test_import_script_writes_a_run_that_load_backbone_and_probes_read(tmp_path):
+    checkpoint = tmp_path / "aim.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in STATE.items()}, str(checkpoint))
+    out = tmp_path / "imported"
+    command = [sys.executable, os.path.join(ROOT, "scripts", "import_weights.py"), "--format", "aim_v1"]
+    r = subprocess.run(
+        [*command, "--checkpoint", str(checkpoint), "--variant", "Pico/14", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    features, blocks = load_backbone(str(out))(FIXTURE["pixels"])
+    np.testing.assert_allclose(features, FIXTURE["encoded"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(blocks["block_1"], FIXTURE["block_1"], rtol=1e-4, atol=1e-4)
+    bad = subprocess.run(
+        [
+            *command,
+            "--checkpoint",
+            str(tmp_path / "x.pth"),
+            "--variant",
+            "600m",
+            "--out",
+            str(tmp_path / "y"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0
