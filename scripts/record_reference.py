@@ -574,9 +574,10 @@ def record_aim(args) -> None:
 
 
 def record_aim_v1(args) -> None:
-    """ml-aim's AIMv1 torch model at two blocks of width 64, every parameter drawn at random: its weights,
-    a 2x3-patch batch, each block's output, the final-normed tokens and the probe head's logits on the mean
-    of both blocks (tests/test_import.py imports the weights and must reproduce them)."""
+    """ml-aim's AIMv1 torch model at two blocks of width 16 (naraim's Nano/14), every parameter drawn at
+    random: its weights, a 2x3-patch batch, each block's output, the final-normed tokens and the probe
+    head's logits on the mean of both blocks (tests/test_import.py imports the weights and must reproduce
+    them)."""
     aim_tree = checkout(args.ml_aim_repo, ML_AIM_COMMIT)
     import torch  # noqa: PLC0415  (the AIM environment only)
 
@@ -587,11 +588,12 @@ def record_aim_v1(args) -> None:
         pre, trunk, head = models._aim(
             img_size=(28, 42),
             patch_size=14,
-            embed_dim=64,
+            embed_dim=16,
             num_blocks=2,
-            num_heads=4,
+            num_heads=2,
             probe_layers=2,
             num_classes=5,
+            mlp_hidden_dim=32,
         )
         model = models.AIM(pre, trunk, head).eval()
         with torch.no_grad():
@@ -619,9 +621,10 @@ def record_aim_v1(args) -> None:
             "settings": {
                 "img_size": [28, 42],
                 "patch_size": 14,
-                "embed_dim": 64,
+                "embed_dim": 16,
                 "num_blocks": 2,
-                "num_heads": 4,
+                "num_heads": 2,
+                "mlp_hidden_dim": 32,
                 "probe_layers": [0, 1],
                 "num_classes": 5,
                 "seed": args.seed,

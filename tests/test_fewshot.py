@@ -78,12 +78,18 @@ def _tiny_pretrain_config(**eval_fewshot):
 
 
 def test_shots_are_the_same_on_every_start_and_disjoint_from_the_evaluation_images():
+    """By default the images classified are other training images (best.json then selects on training
+    data); a split name takes that split's first images instead."""
     cfg = _tiny_pretrain_config(blocks="0,-1")
     one, two = FewShot(cfg, make_mesh()), FewShot(cfg, make_mesh())
     assert np.array_equal(one.shot_indices, two.shot_indices) and len(one.shot_indices) == 3 * 10
+    assert np.array_equal(one.test_indices, two.test_indices) and len(one.test_indices) == 30
+    assert not set(one.shot_indices.tolist()) & set(one.test_indices.tolist())
     train = open_source(cfg.data, cfg.data.train_split)
-    val = open_source(cfg.data, cfg.data.val_split)
     assert np.bincount([train[int(i)][1] for i in one.shot_indices]).tolist() == [3] * 10
+    cfg.eval.fewshot.split = "validation"
+    val = open_source(cfg.data, cfg.data.val_split)
+    assert FewShot(cfg, make_mesh()).test_indices is None
     assert not {train[int(i)][2] for i in one.shot_indices} & {val[i][2] for i in range(30)}
 
 

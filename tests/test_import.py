@@ -1,4 +1,4 @@
-"""AIMv1 weights imported from ml-aim's own outputs (tests/fixtures/aim_v1_reference.npz: a 2-block, width-64
+"""AIMv1 weights imported from ml-aim's own outputs (tests/fixtures/aim_v1_reference.npz: a 2-block, width-16
 model with random weights, recorded by scripts/record_reference.py aim_v1 at the ml-aim commit in its
 .json)."""
 
@@ -28,20 +28,20 @@ def _tokens(pixels: np.ndarray) -> list[jnp.ndarray]:
 
 
 def test_imported_aim_v1_gives_ml_aims_blocks_features_and_probe_logits():
-    vit = make_backbone(model_overrides("Pico/14"))
-    params = backbone_params(STATE, "Pico/14")
+    vit = make_backbone(model_overrides("Nano/14"))
+    params = backbone_params(STATE, "Nano/14")
     encoded, inter = vit.apply({"params": params}, *_tokens(FIXTURE["pixels"]), attention="bidirectional")
     for i in range(2):
         np.testing.assert_allclose(inter[f"block_{i}"], FIXTURE[f"block_{i}"], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(encoded, FIXTURE["encoded"], rtol=1e-4, atol=1e-4)
-    head = probe_head(STATE, "Pico/14")
+    head = probe_head(STATE, "Nano/14")
     mean = (inter["block_0"] + inter["block_1"]) / 2  # ml-aim's AverageLayers over its probe layers
-    logits = ProbeHead(5, 4).apply(head, mean, jnp.full(2, 6), False)
+    logits = ProbeHead(5, 2).apply(head, mean, jnp.full(2, 6), False)
     np.testing.assert_allclose(logits, FIXTURE["logits"], rtol=1e-4, atol=1e-4)
 
 
 def test_a_checkpoint_of_another_size_is_refused_in_one_line():
-    with pytest.raises(Exception, match="patch embedding is \\[64, 3, 14, 14\\], AIM-0.6B needs") as error:
+    with pytest.raises(Exception, match="patch embedding is \\[16, 3, 14, 14\\], AIM-0.6B needs") as error:
         backbone_params(STATE, "AIM-0.6B")
     assert "\n" not in str(error.value)
 
@@ -53,7 +53,7 @@ def test_import_script_writes_a_run_that_load_backbone_and_probes_read(tmp_path)
     out = tmp_path / "imported"
     command = [sys.executable, os.path.join(ROOT, "scripts", "import_weights.py"), "--format", "aim_v1"]
     r = subprocess.run(
-        [*command, "--checkpoint", str(checkpoint), "--variant", "Pico/14", "--out", str(out)],
+        [*command, "--checkpoint", str(checkpoint), "--variant", "Nano/14", "--out", str(out)],
         capture_output=True,
         text=True,
     )

@@ -145,7 +145,7 @@ def _plot_fewshot(arms: dict, path: str) -> None:
             steps, values = zip(*arm["fewshot_by_step"], strict=True)
             ax.plot(steps, [100 * v for v in values], marker="o", label=name)
     ax.set_xlabel("pre-training step")
-    ax.set_ylabel("few-shot top-1 (%, validation subset)")
+    ax.set_ylabel("few-shot top-1 (%, eval.fewshot.split)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -3,11 +3,13 @@ features of the current parameters (big_vision's fewshot_lsr convention), run at
 
 Features: the mean over real tokens of the chosen blocks' outputs (`eval.fewshot.blocks`, as probe.blocks),
 with the backbone's attention set by `eval.fewshot.attention`. The training set is `shots` images per class
-of data.train_split, drawn once from a seeded permutation (the same on every resume); the test set is the
-first `num_eval_examples` of data.val_split. The classifier is ridge regression of the targets 2 * one-hot - 1
-on the features whitened with the shots' mean and standard deviation, plus a constant feature of 100 (a
-bias almost free of the penalty); its prediction is the argmax. kNN is DINO's weighted vote
-(naraim.probe.knn) with the shots as the bank.
+of data.train_split, drawn once from a seeded permutation (the same on every start). The test set is, by
+default ('minival'), `num_eval_examples` other images of the training split, drawn once by a seeded
+permutation: the run's best evaluation (best.json) is then selected on training data, never on the
+validation split a probe reports; `eval.fewshot.split` may name a split instead (its first images). The
+classifier is ridge regression of the targets 2 * one-hot - 1 on the features whitened with the shots' mean
+and standard deviation, plus a constant feature of 100 (a bias almost free of the penalty); its prediction
+is the argmax. kNN is DINO's weighted vote (naraim.probe.knn) with the shots as the bank.
 """
 
 import dataclasses
@@ -33,7 +35,12 @@ FEWSHOT_OPTIONS = {
     "blocks": Option(
         "-1", "features as probe.blocks ('-1', '2,-1', 'all', 'mean'); the first is the headline figure"
     ),
-    "num_eval_examples": Option(1_000, "the first N images of data.val_split are classified"),
+    "split": Option(
+        "minival",
+        "the images classified: 'minival' (training images other than the shots, seeded: best.json "
+        "selects on training data) or a split name (its first images)",
+    ),
+    "num_eval_examples": Option(1_000, "how many images are classified"),
     "l2_reg": Option(1024.0, "ridge penalty on the whitened features (big_vision's 2^10)"),
     "knn_k": Option(20, "neighbours of the weighted kNN (temperature 0.07), capped at the number of shots"),
     "seed": Option(0, "draws the shots"),
@@ -122,6 +129,10 @@ class FewShot:
         self.shot_indices = draw_shots(
             label_of, len(train), self.num_classes, int(fs.shots), int(fs.seed), max_reads
         )
+        others = np.setdiff1d(
+            np.random.default_rng(int(fs.seed) + 1).permutation(len(train)), self.shot_indices
+        )
+        self.test_indices = np.sort(others[: int(fs.num_eval_examples)]) if fs.split == "minival" else None
         if len({label_of(int(i)) for i in self.shot_indices}) < 2:
             self.skip = f"{train} has fewer than 2 labelled classes: few-shot evaluation skipped"
             return
@@ -160,7 +171,10 @@ class FewShot:
             return {}
         fs = self.cfg.eval.fewshot
         train_x, train_y = self._collect(params, self.cfg.data.train_split, indices=self.shot_indices)
-        test_x, test_y = self._collect(params, self.cfg.data.val_split, max_examples=fs.num_eval_examples)
+        if fs.split == "minival":
+            test_x, test_y = self._collect(params, self.cfg.data.train_split, indices=self.test_indices)
+        else:
+            test_x, test_y = self._collect(params, fs.split, max_examples=fs.num_eval_examples)
         out = {}
         for f, spec in enumerate(self.specs):
             ridge = fit_ridge(train_x[:, f], train_y, self.num_classes, float(fs.l2_reg))

@@ -86,7 +86,7 @@ def save_training_curves(rows: list[dict], path: str, title: str = "") -> None:
         axes[1].plot(*zip(*points, strict=True), "o-", label=key.replace("_top1", " top-1"))
     if accuracy_keys:
         axes[1].set_xlabel("step")
-        axes[1].set_ylabel("top-1 (validation subset)")
+        axes[1].set_ylabel("top-1 (eval.fewshot.split)")
         axes[1].legend()
     fig.suptitle(title)
     fig.tight_layout()
