@@ -4,8 +4,8 @@ Prints a table of top-1/top-5 overall and top-1 per aspect-ratio bin, and draws 
 """
 
 from naraim.cli import ArgumentParser, run_main
-from naraim.probe.compare import format_table, load_runs
 from naraim.probe.plots import plot_accuracy_by_bin
+from naraim.probe.results import format_table, load_runs
 
 
 def main() -> None:

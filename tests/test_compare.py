@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from naraim.errors import UserError
-from naraim.probe.compare import format_table, load_runs
-from naraim.probe.results import summarize, write_results
+from naraim.probe.results import format_table, load_runs, summarize, write_results
 
 SCRIPT = str(Path(__file__).resolve().parents[1] / "scripts" / "compare.py")
 

@@ -192,3 +192,11 @@ def test_the_weight_decay_axis_gives_the_heads_of_separate_runs(variants):
             np.testing.assert_allclose(a[:, column], b[:, 0], rtol=1e-5, atol=1e-6)
     kernel = lambda p: np.asarray(jax.tree.leaves(p)[-1])  # noqa: E731
     assert not np.allclose(kernel(results[((), 0.0)]), kernel(results[((), 0.5)]), rtol=1e-4)
+
+
+def test_a_split_too_small_for_shots_and_test_images_skips_it_with_one_line():
+    cfg = _tiny_pretrain_config()
+    cfg.eval.fewshot.shots = 200  # 200 training images: every one is a shot
+    fewshot = FewShot(cfg, make_mesh())
+    assert "all taken as the 200 shots per class" in fewshot.skip and "\n" not in fewshot.skip
+    assert fewshot.run({}) == {}

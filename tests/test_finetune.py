@@ -11,8 +11,7 @@ from probe_helpers import pretrain_workdir, tiny_probe_config
 from naraim.infra.checkpoint import restore_params
 from naraim.probe.finetune import cutmix, layer_scales, mix_batch, mixup
 from naraim.probe.heads import pool_tokens
-from naraim.probe.loading import load_pretrained
-from naraim.probe.runner import run_probe
+from naraim.probe.runner import load_pretrained, run_probe
 
 
 def test_layer_scales_follow_depth():

@@ -22,9 +22,8 @@ from naraim.model.model import dummy_batch
 from naraim.probe import protocols
 from naraim.probe.classifiers import apply_head, make_classifier
 from naraim.probe.knn import knn_correct, normalise
-from naraim.probe.loading import load_pretrained
 from naraim.probe.protocols import make_sweep, split_minival
-from naraim.probe.runner import prepare, run_probe
+from naraim.probe.runner import load_pretrained, prepare, run_probe
 from naraim.probe.step import init_state, make_train_step
 
 

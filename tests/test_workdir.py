@@ -20,7 +20,7 @@ from probe_helpers import ROOT, load_config, pretrain_workdir, tiny_probe_config
 from naraim.errors import UserError
 from naraim.infra.checkpoint import Checkpointer, restore_params
 from naraim.infra.workdir import WorkdirLock, check_resume_config
-from naraim.probe import loop
+from naraim.probe import step as probe_step
 from naraim.probe.runner import run_probe
 from naraim.train.trainer import train
 
@@ -256,12 +256,12 @@ def test_a_stopped_probe_resumes_from_its_checkpoint_to_the_same_heads(tmp_path,
         if len(checks) == 5:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "raise_if_stopped", stop_before_step_5)
+    monkeypatch.setattr(probe_step, "raise_if_stopped", stop_before_step_5)
     with pytest.raises(KeyboardInterrupt):
         run_probe(cfg, str(tmp_path / "resumed"))  # the same command, stopped after its step-4 checkpoint
     assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["2", "4"]
     checks.clear()
-    monkeypatch.setattr(loop, "raise_if_stopped", lambda: checks.append(1))
+    monkeypatch.setattr(probe_step, "raise_if_stopped", lambda: checks.append(1))
     capsys.readouterr()
     run_probe(cfg, str(tmp_path / "resumed"))
     assert "resuming the probe from step 4" in capsys.readouterr().err and len(checks) == 2  # steps 5, 6

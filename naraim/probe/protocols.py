@@ -27,10 +27,9 @@ from naraim.probe.classifiers import Classifier, Sweep, make_classifier
 from naraim.probe.features import CacheBatches, compute_cache
 from naraim.probe.finetune import layer_scales, mix_batch, scale_by_layer
 from naraim.probe.heads import make_head
-from naraim.probe.loop import train_loop
 from naraim.probe.plots import plot_accuracy_by_bin, plot_accuracy_by_block
 from naraim.probe.results import Accumulator, local_rows, sweep_results, write_results
-from naraim.probe.step import init_state, make_eval_step, make_train_step
+from naraim.probe.step import init_state, make_eval_step, make_train_step, train_loop
 
 PLOT_FILE = "accuracy_by_aspect_ratio.png"
 BLOCK_PLOT_FILE = "accuracy_by_block.png"

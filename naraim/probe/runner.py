@@ -5,23 +5,64 @@ Writes WORKDIR/config.json (the resolved config: the pre-trained model and data 
 metrics.jsonl (train loss/accuracy/lr/images_per_sec, eval top1/top5 of the selected head), checkpoints/
 (resumable state; re-running the command continues the run), results.json, accuracy_by_aspect_ratio.png
 and, for a sweep over several blocks, accuracy_by_block.png.
+
+Loading a pre-trained backbone for downstream use: only its parameters, checked against its model.
 """
 
 import os
 
+import jax
 from ml_collections import ConfigDict
 
 from naraim.console import say
 from naraim.data.pipeline import num_classes
 from naraim.errors import UserError
-from naraim.infra.checkpoint import CHECKPOINT_DIR
+from naraim.infra.checkpoint import CHECKPOINT_DIR, restore_params
 from naraim.infra.workdir import MUTABLE_KEYS, WorkdirLock, check_resume_config
 from naraim.model.model import dummy_batch
 from naraim.model.vit import ViT, make_backbone
 from naraim.probe import config as probe_config
-from naraim.probe.loading import check_backbone_params, load_pretrained
 from naraim.probe.protocols import RunContext, run_protocol
 from naraim.probe.results import RESULTS_FILE, read_results
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def check_backbone_params(params: dict, backbone: ViT, inputs: dict, source: str) -> None:
+    """Raises UserError naming the first difference unless `params` has the backbone's exact tree and shapes.
+
+    inputs: example model inputs ('patches', 'coords', 'grid', 'length'), e.g. naraim.model.model.dummy_batch.
+    """
+    expected = _shapes(jax.eval_shape(backbone.init, jax.random.PRNGKey(0), **inputs)["params"])
+    found = _shapes(params)
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    if missing or extra or wrong:
+        if wrong:
+            detail = f"{wrong[0]} has shape {found[wrong[0]]}, the model needs {expected[wrong[0]]}"
+        elif missing:
+            detail = f"{len(missing)} parameter(s) missing, e.g. {missing[0]}"
+        else:
+            detail = f"{len(extra)} unexpected parameter(s), e.g. {extra[0]}"
+        raise UserError(
+            f"the checkpoint at {source} does not fit the backbone described by its config.json ({detail}); "
+            "point init_from at a checkpoint written with that config"
+        )
+
+
+def load_pretrained(init_from: str) -> tuple[dict, ConfigDict, int]:
+    """(backbone params (numpy), the pre-training run's config, its step) from a pre-training workdir (newest
+    checkpoint) or one WORKDIR/checkpoints/<step> folder. The pre-training head and optimizer are not kept."""
+    if not init_from:
+        raise UserError("init_from is not set: pass --config.init_from=PRETRAIN_WORKDIR (or a step dir)")
+    params, cfg, step = restore_params(init_from)
+    if "backbone" not in params:
+        raise UserError(f"the checkpoint at {init_from} has no 'backbone' params; pass a pre-training run")
+    return params["backbone"], cfg, step
 
 
 def prepare(cfg: ConfigDict) -> tuple[ConfigDict, ViT, dict, int]:

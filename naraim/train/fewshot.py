@@ -129,10 +129,15 @@ class FewShot:
         self.shot_indices = draw_shots(
             label_of, len(train), self.num_classes, int(fs.shots), int(fs.seed), max_reads
         )
-        others = np.setdiff1d(
-            np.random.default_rng(int(fs.seed) + 1).permutation(len(train)), self.shot_indices
-        )
-        self.test_indices = np.sort(others[: int(fs.num_eval_examples)]) if fs.split == "minival" else None
+        order = np.random.default_rng(int(fs.seed) + 1).permutation(len(train))
+        others = order[~np.isin(order, self.shot_indices)][: int(fs.num_eval_examples)]
+        self.test_indices = np.sort(others) if fs.split == "minival" else None
+        if self.test_indices is not None and not len(self.test_indices):
+            self.skip = (
+                f"{train} has {len(train)} images, all taken as the {fs.shots} shots per class: few-shot "
+                "evaluation skipped (lower eval.fewshot.shots, or set eval.fewshot.split to a split name)"
+            )
+            return
         if len({label_of(int(i)) for i in self.shot_indices}) < 2:
             self.skip = f"{train} has fewer than 2 labelled classes: few-shot evaluation skipped"
             return
