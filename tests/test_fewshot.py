@@ -105,9 +105,10 @@ def test_a_folder_without_classes_skips_it_with_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_pretraining_logs_fewshot_and_knn_and_keeps_the_best_parameters(tmp_path):
+def test_pretraining_logs_fewshot_and_knn_and_keeps_the_best_parameters(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train(_tiny_pretrain_config(blocks="-1,0"), "run")  # a relative workdir, as the README's commands use
     workdir = str(tmp_path / "run")
-    train(_tiny_pretrain_config(blocks="-1,0"), workdir)
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     val = [r for r in rows if r["split"] == "val"]
     assert [r["step"] for r in val] == [2, 4]

@@ -262,8 +262,9 @@ def read_best(workdir: str) -> dict | None:
 def write_params(checkpoint_dir: str, step: int, params) -> None:
     """CHECKPOINT_DIR/<step>/state holding {'params': params}: what restore_params reads (an imported run,
     the best evaluation)."""
+    path = os.path.abspath(os.path.join(checkpoint_dir, str(step), "state"))  # orbax needs absolute paths
     with absl_warnings_silenced():
-        ocp.PyTreeCheckpointer().save(os.path.join(checkpoint_dir, str(step), "state"), {"params": params})
+        ocp.PyTreeCheckpointer().save(path, {"params": params})
 
 
 def save_best(workdir: str, step: int, params, metric: str, value: float) -> None:
