@@ -3,7 +3,6 @@ checkpoint), compile once, run the jitted steps with logging, evaluation and che
 line on NaN, Ctrl-C / SIGTERM or a failing input pipeline."""
 
 import contextlib
-import json
 import os
 import time
 
@@ -16,7 +15,7 @@ from naraim.data.pipeline import make_train_iterator
 from naraim.errors import UserError
 from naraim.infra.checkpoint import Checkpointer, abstract_like, read_best, save_best, write_config
 from naraim.infra.mesh import global_batch, make_mesh
-from naraim.infra.metrics_log import METRICS_FILE, MetricsLogger
+from naraim.infra.metrics_log import MetricsLogger
 from naraim.infra.optimizer import make_optimizer
 from naraim.infra.workdir import CONFIG_FILE, MUTABLE_KEYS, WorkdirLock, check_resume_config, read_json
 from naraim.model.model import make_model
@@ -171,8 +170,8 @@ class _Run:
         say(f"step {step}: validation loss {val['loss']:.4f}{ref}{fewshot} ({time.time() - start:.1f} s)")
         if jax.process_index() == 0:
             pngs.append(os.path.join(self.workdir, "curves.png"))
-            rows = [json.loads(line) for line in open(os.path.join(self.workdir, METRICS_FILE))]
-            plots.save_training_curves(rows, pngs[-1], os.path.basename(os.path.abspath(self.workdir)))
+            name = os.path.basename(os.path.abspath(self.workdir))
+            plots.save_training_curves(logger.records, pngs[-1], name)
         for path in pngs:
             logger.write_image(step, os.path.splitext(os.path.basename(path))[0].rsplit("_", 1)[0], path)
 
