@@ -236,6 +236,19 @@ def test_files_over_max_file_bytes_or_without_an_image_header_are_skipped_unread
     assert "b_big.png" in warned and "c_text.jpg" in warned
 
 
+def test_reading_a_photo_allocates_its_size_not_the_limit(tmp_path):
+    """read(n) allocates n bytes before it reads: reading with the 64 MiB limit cost 64 MiB per image."""
+    path = tmp_path / "small.png"
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(path)
+    tracemalloc.start()
+    try:
+        data = read_file(str(path), 64 * 2**20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert data == path.read_bytes() and peak < 2**20
+
+
 def test_reading_checks_the_size_and_the_header_before_the_rest(tmp_path):
     path = tmp_path / "huge.jpg"
     with open(path, "wb") as f:

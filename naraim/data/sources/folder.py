@@ -126,7 +126,8 @@ def read_file(path: str, max_bytes: int) -> bytes:
         if reason:
             raise UnusableExample(path, reason)
         f.seek(0)
-        return f.read(max_bytes)
+        # the file's size, not max_bytes: read(n) allocates n bytes before it reads
+        return f.read(st.st_size)
 
 
 class FolderSource:
