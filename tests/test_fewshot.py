@@ -15,10 +15,9 @@ from naraim.data.sources import open_source
 from naraim.errors import UserError
 from naraim.infra.checkpoint import restore_params
 from naraim.infra.mesh import make_mesh
-from naraim.infra.optimizer import make_optimizer
 from naraim.model.model import dummy_batch
 from naraim.probe.knn import knn_correct, knn_correct_at, normalise
-from naraim.probe.protocols import make_sweep
+from naraim.probe.protocols import make_sweep, sweep_optimizer
 from naraim.probe.runner import prepare, run_probe
 from naraim.probe.step import init_state, make_train_step
 from naraim.train.fewshot import BIAS_FEATURE, FewShot, draw_shots, fit_ridge
@@ -173,11 +172,7 @@ def test_the_weight_decay_axis_gives_the_heads_of_separate_runs(variants):
         sw = make_sweep(cfg, backbone, classes)
         bp = jax.tree.map(np.asarray, backbone_np)
         params, stats = sw.init(bp, dummy_batch(cfg, 1), cfg.seed)
-        unit = cfg.optim.copy_and_resolve_references()
-        unit.lr = 1.0
-        if sw.weight_decays is not None:
-            unit.weight_decay = 0.0
-        optimizer, schedule = make_optimizer(unit, cfg.total_steps)
+        optimizer, schedule = sweep_optimizer(cfg, sw)
         state = init_state(params, stats, optimizer, cfg.seed, sw.heads)
         step = make_train_step(
             sw, optimizer, schedule, classes, lrs=sw.lrs, weight_decays=sw.weight_decays, cached=False

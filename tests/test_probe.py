@@ -17,12 +17,11 @@ from naraim.data.pipeline import make_eval_iterator
 from naraim.data.sources import open_source
 from naraim.errors import UserError
 from naraim.infra.checkpoint import restore_params
-from naraim.infra.optimizer import make_optimizer
 from naraim.model.model import dummy_batch
 from naraim.probe import protocols
 from naraim.probe.classifiers import apply_head, make_classifier
 from naraim.probe.knn import knn_correct, normalise
-from naraim.probe.protocols import make_sweep, split_minival
+from naraim.probe.protocols import make_sweep, split_minival, sweep_optimizer
 from naraim.probe.runner import load_pretrained, prepare, run_probe
 from naraim.probe.step import init_state, make_train_step
 
@@ -185,9 +184,7 @@ def _setup(workdir, variants="", **overrides):
     sw = make_sweep(cfg, backbone, classes)
     bp = jax.tree.map(jnp.asarray, backbone_np)
     params, stats = sw.init(bp, dummy_batch(cfg, 1), cfg.seed)
-    unit = cfg.optim.copy_and_resolve_references()
-    unit.lr = 1.0
-    optimizer, schedule = make_optimizer(unit, cfg.total_steps)
+    optimizer, schedule = sweep_optimizer(cfg, sw)
     return cfg, sw, bp, init_state(params, stats, optimizer, cfg.seed, sw.heads), optimizer, schedule
 
 

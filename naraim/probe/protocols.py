@@ -66,6 +66,16 @@ def make_sweep(cfg: ConfigDict, backbone: ViT, classes: int) -> Sweep:
     )
 
 
+def sweep_optimizer(cfg: ConfigDict, sw: Sweep):
+    """(optimizer, schedule) of a sweep: optim.* at a unit peak learning rate (each head's learning rate
+    multiplies its updates), without weight decay when the heads carry their own (probe.weight_decays)."""
+    unit = cfg.optim.copy_and_resolve_references()
+    unit.lr = 1.0
+    if sw.weight_decays is not None:
+        unit.weight_decay = 0.0  # the step adds each head's
+    return make_optimizer(unit, cfg.total_steps)
+
+
 def use_cache(cfg: ConfigDict) -> bool:
     """Frozen protocols cache features if asked ('always') or if the transforms are deterministic ('auto')."""
     if cfg.protocol == "finetune" or cfg.probe.cache_features == "never":
@@ -199,11 +209,7 @@ def frozen(run: RunContext, backbone: ViT, backbone_np: dict, classes: int) -> d
     else:
         batches = run.train_batches()
     params, stats = sw.init(backbone_params, dummy_batch(cfg, 1), cfg.seed)
-    unit = cfg.optim.copy_and_resolve_references()
-    unit.lr = 1.0  # each head's learning rate multiplies its updates
-    if sw.weight_decays is not None:
-        unit.weight_decay = 0.0  # each head's weight decay is added by the step
-    optimizer, schedule = make_optimizer(unit, cfg.total_steps)
+    optimizer, schedule = sweep_optimizer(cfg, sw)
     state = jax.device_put(init_state(params, stats, optimizer, cfg.seed, sw.heads), replicated(mesh))
     smoothing = float(cfg.probe.label_smoothing)
     train_step = make_train_step(
