@@ -13,6 +13,7 @@ is the argmax. kNN is DINO's weighted vote (naraim.probe.knn) with the shots as 
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -124,7 +125,7 @@ class FewShot:
         if self.num_classes < 2:
             self.skip = f"{train} has no class labels: few-shot evaluation skipped"
             return
-        label_of = _label_reader(train)
+        label_of = functools.cache(_label_reader(train))  # a shot's label is read once (a source may decode)
         max_reads = max(20 * int(fs.shots) * self.num_classes, 1_000)
         self.shot_indices = draw_shots(
             label_of, len(train), self.num_classes, int(fs.shots), int(fs.seed), max_reads
