@@ -4,7 +4,8 @@ Python drops an exception raised while it runs a garbage-collection callback (JA
 __del__ method, printing a traceback: a KeyboardInterrupt from Ctrl-C would vanish there, and a training
 loop would run on. Within `stop_signals()` both signals raise KeyboardInterrupt in the main thread as usual,
 except where it would be dropped, and are always remembered; loops call `raise_if_stopped()` once per step,
-which raises KeyboardInterrupt if a signal came.
+which raises KeyboardInterrupt if a signal came. Within `deferred()` a signal is only remembered: a
+training step that donates its state is never cut in half, so the state it returns can be saved.
 """
 
 import contextlib
@@ -13,6 +14,7 @@ import signal
 from collections.abc import Iterator
 
 _received = False
+_deferred = False
 
 
 def _dropped_at(frame) -> bool:
@@ -29,7 +31,7 @@ def _dropped_at(frame) -> bool:
 def _handle(signum, frame) -> None:
     global _received
     _received = True
-    if not _dropped_at(frame):
+    if not _deferred and not _dropped_at(frame):
         raise KeyboardInterrupt
 
 
@@ -56,3 +58,17 @@ def raise_if_stopped() -> None:
     """Raises KeyboardInterrupt if SIGINT or SIGTERM came within the current stop_signals() block."""
     if _received:
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM are remembered but raise nothing; on leaving it a signal that came
+    raises KeyboardInterrupt. Outside a stop_signals() block this changes nothing."""
+    global _deferred
+    outer, _deferred = _deferred, True
+    try:
+        yield
+    finally:
+        _deferred = outer
+    if not outer:
+        raise_if_stopped()

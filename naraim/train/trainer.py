@@ -20,7 +20,7 @@ from naraim.infra.optimizer import make_optimizer
 from naraim.infra.workdir import CONFIG_FILE, MUTABLE_KEYS, WorkdirLock, check_resume_config, read_json
 from naraim.model.model import make_model
 from naraim.model.sizes import patch_size
-from naraim.stop_signals import raise_if_stopped, stop_signals
+from naraim.stop_signals import deferred, raise_if_stopped, stop_signals
 from naraim.train import plots
 from naraim.train.config import fit_schedule, validate_pretrain_config
 from naraim.train.evaluation import Evaluator
@@ -227,8 +227,9 @@ class _Run:
         window, window_start, paused, pending, last_val = [], time.time(), 0.0, None, None
         try:
             while True:
-                state, metrics = train_step(state, batch)
-                step += 1
+                with deferred():  # a Ctrl-C here would lose the donated state and the one being made
+                    state, metrics = train_step(state, batch)
+                    step += 1
                 if pending is not None:
                     window.append(self._check(*pending))
                 pending = (step, metrics)
@@ -281,8 +282,8 @@ class _Run:
         return summary
 
     def _save_on_interrupt(self, state, train_iter) -> None:
-        """Saves the current state if it is newer than the last checkpoint and still alive (a step
-        interrupted mid-call may have donated it)."""
+        """Saves the current state if it is newer than the last checkpoint and still alive (signals wait for
+        the training step to return; this guards against a step that failed after its state was donated)."""
         try:
             step = int(state["step"])
             if step > (self.last_saved or 0) and not any(x.is_deleted() for x in jax.tree.leaves(state)):
