@@ -4,13 +4,15 @@ Masks are boolean [B, 1, N, N] (True = the query may attend to the key), compute
 function from `length` [B] and, for prefix-causal attention, `prefix_length` [B]: no N x N array ever
 crosses from host to device. Padding keys (index >= length) are always masked. Every query also attends
 to itself, so the rows of padding queries are never empty (no NaN); real queries never see padding.
+Packed rows (naraim.model.segments) use `packed_attention_mask`: the same modes within each image, and no
+query ever sees a key of another image.
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from naraim.model import posemb
+from naraim.model import posemb, segments
 from naraim.model.init import dense_kernel_init
 
 ATTENTION_MODES = ("causal", "prefix_causal", "bidirectional")
@@ -40,6 +42,36 @@ def attention_mask(
         raise ValueError(f"unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}")
     real_key = k[None] < jnp.asarray(length)[:, None, None]
     mask = (visible & real_key) | (q == k)[None]
+    return mask[:, None]
+
+
+def packed_attention_mask(
+    segment_ids: jax.Array, positions: jax.Array, mode: str, prefix_length: jax.Array | None = None
+) -> jax.Array:
+    """Returns the boolean mask [B, 1, N, N] of packed rows: a query sees keys of its own image only.
+
+    segment_ids, positions: int32 [B,N] (naraim.model.segments). Within an image the modes of
+    attention_mask apply to the tokens' positions in that image; prefix_length int32 [B,M] is per image slot
+    (None: empty prefixes). Padding (segment 0) sees only itself.
+    """
+    q, k = positions[:, :, None], positions[:, None, :]
+    if mode == "causal":
+        visible = k <= q
+    elif mode == "prefix_causal":
+        p = (
+            jnp.zeros_like(positions)
+            if prefix_length is None
+            else segments.per_token(prefix_length, segment_ids)
+        )
+        p = p[:, :, None]
+        visible = (k <= q) | ((q < p) & (k < p))
+    elif mode == "bidirectional":
+        visible = jnp.ones_like(k <= q)
+    else:
+        raise ValueError(f"unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}")
+    same_image = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
+    n = segment_ids.shape[1]
+    mask = (visible & same_image) | jnp.eye(n, dtype=bool)[None]
     return mask[:, None]
 
 

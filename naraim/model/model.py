@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from naraim.data.config import token_budget
+from naraim.model import segments
 from naraim.model.config import HEADS, model_options
 from naraim.model.denoiser import make_denoiser
 from naraim.model.heads import LinearHead, MLPHead
@@ -13,6 +14,12 @@ from naraim.model.sizes import get_size, patch_size
 from naraim.model.vit import make_backbone
 
 MODEL_INPUTS = ("patches", "coords", "grid", "length")  # the batch-contract keys the model reads
+
+
+def model_inputs(batch: dict) -> dict:
+    """The arrays of `batch` the model reads: MODEL_INPUTS, and segment_ids / positions of packed rows."""
+    keys = MODEL_INPUTS + (segments.PACKED_INPUTS if segments.is_packed(batch) else ())
+    return {k: batch[k] for k in keys}
 
 
 def dummy_batch(cfg: ml_collections.ConfigDict, batch_size: int) -> dict:
@@ -69,7 +76,9 @@ class Model(nn.Module):
         prefix_length: jax.Array | None = None,
         head_inputs: dict | None = None,
     ) -> dict[str, jax.Array]:
-        """batch: 'patches' uint8 [B,N,P*P*3], 'coords' [B,N,2], 'grid' [B,2], 'length' [B].
+        """batch: 'patches' uint8 [B,N,P*P*3], 'coords' [B,N,2], 'grid' [B,2], 'length' [B]; packed rows add
+        'segment_ids' and 'positions' [B,N] with grid [B,M,2] and length [B,M] (naraim.model.segments), and
+        the alignment below is then within each image (pred = 0 at each image's first token without SOS).
 
         Returns 'pred' float32 [B,N,P*P*3] where pred[:, j] predicts patch j: from backbone position j-1
         (pred[:, 0] = 0) or, with sos_token, from position j of [SOS, p_0, .., p_{N-2}]; 'aligned' [B,N,D],
@@ -77,6 +86,7 @@ class Model(nn.Module):
         intermediates ('embed', 'block_i', 'encoded'). head_inputs: extra keyword inputs of the head.
         """
         sos = bool(self.config.sos_token)
+        packed = segments.is_packed(batch)
         x, intermediates = self.backbone(
             batch["patches"],
             batch["coords"],
@@ -85,13 +95,19 @@ class Model(nn.Module):
             attention=attention,
             prefix_length=prefix_length,
             prepend_sos=sos,
+            segment_ids=batch.get("segment_ids"),
+            positions=batch.get("positions"),
         )
         if sos:
             aligned = x
+        elif packed:
+            aligned = segments.shift_within_images(x, batch["positions"], jnp.zeros((), x.dtype))
         else:
             aligned = jnp.concatenate([jnp.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
         pred = self.head(aligned, **(head_inputs or {})).astype(jnp.float32)
-        if not sos:
+        if not sos and packed:
+            pred = jnp.where(segments.starts(batch["positions"])[..., None], 0.0, pred)
+        elif not sos:
             pred = pred.at[:, 0].set(0.0)
         return {"pred": pred, "aligned": aligned, **intermediates}
 

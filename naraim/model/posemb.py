@@ -43,11 +43,17 @@ def absolute_sincos_2d(coords: jax.Array, dim: int) -> jax.Array:
 FRACTIONAL_SCALES = ("count", "max_index")
 
 
+def _token_grid(grid: jax.Array) -> jax.Array:
+    """grid int [B,2] (one per row) or [B,N,2] (one per token, packed rows) -> broadcastable to [B,N,2]."""
+    return grid if grid.ndim == 3 else grid[:, None, :]
+
+
 def grid_fractions(coords: jax.Array, grid: jax.Array, scale: str = "count") -> jax.Array:
     """Returns float32 [B,N,2]: (row/rows, col/cols) in [0, 1) ('count'), or (row/(rows-1), col/(cols-1)) in
-    [0, 1] ('max_index', the NARAIM reference's division by the largest index); 0 on an axis of side 1."""
+    [0, 1] ('max_index', the NARAIM reference's division by the largest index); 0 on an axis of side 1.
+    grid: [B,2], or [B,N,2] each token's own image's grid."""
     offset = 1 if scale == "max_index" else 0
-    sides = jnp.maximum(grid - offset, 1).astype(jnp.float32)[:, None, :]
+    sides = jnp.maximum(_token_grid(grid) - offset, 1).astype(jnp.float32)
     return coords.astype(jnp.float32) / sides
 
 
@@ -60,7 +66,7 @@ class Fractional(nn.Module):
 
     @nn.compact
     def __call__(self, coords: jax.Array, grid: jax.Array) -> jax.Array:
-        """coords int [B,N,2], grid int [B,2] -> float32 [B,N,D]."""
+        """coords int [B,N,2], grid int [B,2] or [B,N,2] (per token) -> float32 [B,N,D]."""
         frac = grid_fractions(coords, grid, self.scale)
         row = nn.Dense(self.width, name="row")(frac[..., :1])
         col = nn.Dense(self.width, name="col")(frac[..., 1:])
@@ -90,10 +96,11 @@ def _frequencies(n: int, base: float) -> jax.Array:
 
 
 def rope_angles_1d(coords: jax.Array, grid: jax.Array, head_dim: int, base: float = 10000.0) -> jax.Array:
-    """Rotary angles (radians) float32 [B,N,head_dim/2] for position = raster index row * cols + col."""
+    """Rotary angles (radians) float32 [B,N,head_dim/2] for position = raster index row * cols + col; grid
+    [B,2], or [B,N,2] each token's own image's grid."""
     if head_dim % 2:
         raise ValueError(f"rope_1d needs an even head dimension, got {head_dim}")
-    pos = coords[..., 0] * grid[:, None, 1] + coords[..., 1]
+    pos = coords[..., 0] * _token_grid(grid)[..., 1] + coords[..., 1]
     return pos.astype(jnp.float32)[..., None] * _frequencies(head_dim // 2, base)
 
 

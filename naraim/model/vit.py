@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from naraim.model import posemb
-from naraim.model.attention import SelfAttention, attention_mask
+from naraim.model import posemb, segments
+from naraim.model.attention import SelfAttention, attention_mask, packed_attention_mask
 from naraim.model.config import model_options, remat_policy
 from naraim.model.init import dense_kernel_init
 from naraim.model.layernorm import LayerNorm
@@ -87,6 +87,8 @@ class ViT(nn.Module):
         prefix_length: jax.Array | None = None,
         prepend_sos: bool = False,
         train: bool = False,
+        segment_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Encodes a batch.
 
@@ -96,6 +98,9 @@ class ViT(nn.Module):
         prepend_sos: the sequence becomes [SOS, x_0, .., x_{N-2}] (the last token is dropped so N stays
           fixed; rotary SOS position = (0, 0), no additive position on SOS). Needs sos_token, which creates
           the learned SOS vector 'sos' [D] whether or not this call prepends it (same params either way).
+        segment_ids, positions: int32 [B,N] for packed rows (naraim.model.segments); grid is then [B,M,2],
+          length [B,M] and prefix_length [B,M], one per image slot, and attention, position embeddings and
+          the SOS token are per image.
         train: stochastic depth on (drop_path > 0: rates rise linearly from 0 at the first block to
           drop_path at the last; needs the 'dropout' rng); False: deterministic.
         Returns (x [B,N,D] final-LN output, intermediates) with intermediates 'embed' (after patch + position
@@ -110,6 +115,8 @@ class ViT(nn.Module):
             )
         mode = attention or o.attention
         num_tokens = patches.shape[1]
+        packed = segment_ids is not None
+        token_grid = segments.per_token(grid, segment_ids) if packed else grid
         residual = jnp.dtype(o.residual_dtype or o.dtype)
         pixels = scale_pixels(patches, o.pixel_scale)
         x = nn.Dense(self.width, dtype=o.dtype, kernel_init=dense_kernel_init(o.weight_init), name="embed")(
@@ -122,7 +129,7 @@ class ViT(nn.Module):
             x = x + posemb.absolute_sincos_2d(coords, self.width).astype(x.dtype)
         elif o.posemb == "fractional":
             fractional = posemb.Fractional(self.width, o.fractional_scale, name="posemb")
-            x = x + fractional(coords, grid).astype(x.dtype)
+            x = x + fractional(coords, token_grid).astype(x.dtype)
         elif o.posemb == "learned":
             x = x + posemb.Learned(self.width, o.learned_posemb_max_side, name="posemb")(coords).astype(
                 x.dtype
@@ -133,7 +140,7 @@ class ViT(nn.Module):
         head_dim = self.width // self.heads
         angles = None
         if o.posemb == "rope_1d":
-            angles = posemb.rope_angles_1d(coords, grid, head_dim, o.rope_base)
+            angles = posemb.rope_angles_1d(coords, token_grid, head_dim, o.rope_base)
         elif o.posemb == "rope_2d":
             angles = posemb.rope_angles_2d(coords, head_dim, o.rope_base)
 
@@ -141,13 +148,20 @@ class ViT(nn.Module):
             raise ValueError("prepend_sos needs a ViT built with sos_token=True")
         if o.sos_token:
             sos = self.param("sos", nn.initializers.normal(0.02), (self.width,))
-        if prepend_sos:
+        if prepend_sos and packed:  # every image's own SOS; its last token is dropped
+            x = segments.shift_within_images(x, positions, sos.astype(x.dtype))
+            if angles is not None:
+                angles = segments.shift_within_images(angles, positions, jnp.zeros((), angles.dtype))
+        elif prepend_sos:
             sos = jnp.broadcast_to(sos.astype(x.dtype), (x.shape[0], 1, self.width))
             x = jnp.concatenate([sos, x[:, :-1]], axis=1)
             if angles is not None:
                 angles = jnp.concatenate([jnp.zeros_like(angles[:, :1]), angles[:, :-1]], axis=1)
 
-        mask = attention_mask(length, num_tokens, mode, prefix_length)
+        if packed:
+            mask = packed_attention_mask(segment_ids, positions, mode, prefix_length)
+        else:
+            mask = attention_mask(length, num_tokens, mode, prefix_length)
         intermediates = {"embed": x}
         block_cls = Block
         if o.remat:

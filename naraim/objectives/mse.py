@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 
+from naraim.model import segments
 from naraim.objectives.targets import patch_targets
 
 AVERAGES = ("per_image", "per_patch", "fixed_count")
@@ -18,7 +19,14 @@ def loss_weights(length, first, num_tokens: int):
     return ((j < length[:, None]) & (j >= first[:, None])).astype(jnp.float32)
 
 
-def target_shares(weights, average: str, slots: int | None = None):
+def packed_loss_weights(segment_ids, positions, first):
+    """float32 [B,N] of packed rows (naraim.model.segments): 1 where the token is a target of its image,
+    i.e. it is not padding and its position is at least first[b, m], m its image slot (first int32 [B,M])."""
+    first = segments.per_token(jnp.asarray(first, jnp.int32), segment_ids)
+    return ((segment_ids > 0) & (positions >= first)).astype(jnp.float32)
+
+
+def target_shares(weights, average: str, slots: int | None = None, segment_ids=None, num_images: int = 1):
     """float32 [B,N]: each target's share of the batch loss (0 for targets not weighted).
 
     weights [B,N] from loss_weights.
@@ -30,7 +38,9 @@ def target_shares(weights, average: str, slots: int | None = None):
       padding positions counting as zeros. The NARAIM reference's jnp.mean over the masked [B, N-1, K]
       errors until its commit f8d1e65, which trained its Table 1 models.
     The shares sum to 1 for 'per_patch' and 'per_image' (0 without any target), to the weighted fraction of
-    the slots for 'fixed_count'.
+    the slots for 'fixed_count'. segment_ids int32 [B,N] of packed rows with num_images slots a row:
+    'per_image' averages over each image of a row, not over the row; the others count targets and rows as
+    they are.
     """
     if average == "per_patch":
         return weights / jnp.maximum(jnp.sum(weights), 1.0)
@@ -42,9 +52,13 @@ def target_shares(weights, average: str, slots: int | None = None):
         return weights / (weights.shape[0] * slots)
     if average != "per_image":
         raise ValueError(f"unknown loss average {average!r}; expected one of {AVERAGES}")
-    per_image = jnp.sum(weights, axis=1, keepdims=True)
+    if segment_ids is None:
+        per_image = jnp.sum(weights, axis=1, keepdims=True)
+        images = jnp.maximum(jnp.sum(per_image > 0), 1)
+        return weights / (jnp.maximum(per_image, 1.0) * images)
+    per_image = segments.per_image_sum(weights, segment_ids, num_images)  # [B,M]
     images = jnp.maximum(jnp.sum(per_image > 0), 1)
-    return weights / (jnp.maximum(per_image, 1.0) * images)
+    return weights / (jnp.maximum(segments.per_token(per_image, segment_ids), 1.0) * images)
 
 
 def per_patch_error(pred, patches, norm_pix: bool, raw_scale: str = "symmetric", pixel_scale: str = "unit"):

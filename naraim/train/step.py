@@ -11,13 +11,15 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from naraim.infra.mesh import DATA_AXIS, state_shardings
-from naraim.model.model import MODEL_INPUTS, dummy_batch
-from naraim.objectives.mse import loss_weights, target_shares
+from naraim.model import segments
+from naraim.model.model import dummy_batch, model_inputs
+from naraim.objectives.mse import loss_weights, packed_loss_weights, target_shares
 from naraim.objectives.objective import first_target, make_objective
 
 
 def draw_prefix(rng, length, attention: str, sos_token: bool):
-    """Per-example prefix length (int32 [B], or None) and first target index in the loss (int32 [B]).
+    """Per-image prefix length (int32 of length's shape: [B], or [B,M] for packed rows; or None) and first
+    target index in the loss (int32, the same shape).
 
     prefix_causal: k uniform in {1, ..., length-1} (k = 1 when length == 1); targets j < k are not in the
     loss.
@@ -81,13 +83,19 @@ def make_train_step(
 
     def step(state, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
-        inputs = {k: batch[k] for k in MODEL_INPUTS}
+        inputs = model_inputs(batch)
         prefix, first = draw_prefix(rng, inputs["length"], attention, sos)
         num_tokens = inputs["patches"].shape[1]
-        weights = loss_weights(inputs["length"], first, num_tokens)
+        slots = num_tokens if sos else num_tokens - 1
         # each target's share of the mean: the loss and its gradients come out normalised, with no pass
         # over the gradients to divide them
-        shares = target_shares(weights, cfg.loss.average, num_tokens if sos else num_tokens - 1)
+        if segments.is_packed(inputs):
+            weights = packed_loss_weights(inputs["segment_ids"], inputs["positions"], first)
+            num_images = inputs["length"].shape[1]
+            shares = target_shares(weights, cfg.loss.average, slots, inputs["segment_ids"], num_images)
+        else:
+            weights = loss_weights(inputs["length"], first, num_tokens)
+            shares = target_shares(weights, cfg.loss.average, slots)
         grad_fn = jax.value_and_grad(weighted_error)
         noise_rng = jax.random.fold_in(rng, 1)
         if num_micro == 1:
@@ -131,6 +139,7 @@ def make_train_step(
             "finite": finite,
             "num_targets": jnp.sum(weights),
             "real_tokens": jnp.sum(inputs["length"]),
+            "images": jnp.sum(inputs["length"] > 0),
         }
         return new_state, metrics
 
