@@ -33,8 +33,22 @@ ARGS = [
 ]
 
 
-def command(workdir):
-    return [sys.executable, os.path.join(ROOT, "scripts", "pretrain.py"), f"--workdir={workdir}", *ARGS]
+PACKED = [  # token budgets per image, packed rows (issue 25): the packer's window is in the resumed state
+    "--config.data.token_budgets=(2,4,8,16)",
+    "--config.data.transforms=('random_crop_native','fit_to_token_budget','horizontal_flip')",
+    "--config.data.packing=first_fit",
+    "--config.data.packing_bins=4",
+]
+
+
+def command(workdir, extra=()):
+    return [
+        sys.executable,
+        os.path.join(ROOT, "scripts", "pretrain.py"),
+        f"--workdir={workdir}",
+        *ARGS,
+        *extra,
+    ]
 
 
 def saved_steps(workdir):
@@ -43,11 +57,14 @@ def saved_steps(workdir):
 
 
 @pytest.mark.slow
-def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("extra", [[], PACKED], ids=["one_image_per_row", "packed"])
+def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, extra):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    subprocess.run(command(reference), check=True, cwd=ROOT, capture_output=True, timeout=300)
+    subprocess.run(command(reference, extra), check=True, cwd=ROOT, capture_output=True, timeout=300)
     # Checkpoints are saved every step, so when step 2 appears the save of step 3 is usually in flight.
-    proc = subprocess.Popen(command(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command(killed, extra), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and max(saved_steps(killed), default=0) < 2:
         time.sleep(0.005)
@@ -55,7 +72,9 @@ def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path):
     proc.wait()
     resumed_from = max(saved_steps(killed))
     assert proc.returncode == -signal.SIGKILL and 2 <= resumed_from < STEPS
-    rerun = subprocess.run(command(killed), check=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        command(killed, extra), check=True, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     # it resumed (not restarted: training is deterministic, so a restart would end the same) from the
     # newest checkpoint and ran only the remaining steps
     assert f"resuming from step {resumed_from} " in rerun.stderr and "starting a new run" not in rerun.stderr

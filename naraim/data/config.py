@@ -6,7 +6,14 @@ import os
 import ml_collections
 
 from naraim.data import orderings, synthetic
-from naraim.data.transforms import CROP_CHOICES, NATIVE_CROPS, NATIVE_GRIDS, RESAMPLES, TRANSFORM_NAMES
+from naraim.data.transforms import (
+    BUDGET_SAMPLINGS,
+    CROP_CHOICES,
+    NATIVE_CROPS,
+    NATIVE_GRIDS,
+    RESAMPLES,
+    TRANSFORM_NAMES,
+)
 from naraim.errors import UserError
 from naraim.infra.options import Option, section
 
@@ -18,6 +25,7 @@ SIZING_TRANSFORMS = (
     "resize_shorter_center_crop",
 )
 SOURCE_KINDS = ("synthetic", "folder:PATH", "tfds:NAME", "arrayrecord:GLOB")
+PACKINGS = ("none", "first_fit", "best_fit")
 
 
 DATA_OPTIONS = {
@@ -26,6 +34,23 @@ DATA_OPTIONS = {
     "max_tokens": Option(
         256, "N: token budget every example is padded to; 0 = (image_size / patch)^2, the square grid"
     ),
+    "token_budgets": Option(
+        (),
+        "training: each image's patch budget is drawn from these (its grid: the largest at its aspect ratio "
+        "with at most that many patches; data.transforms must end its geometry with fit_to_token_budget); "
+        "() = the fixed area of data.image_size",
+    ),
+    "token_budget_sampling": Option(
+        "uniform", "'uniform' over token_budgets | 'log_uniform' between their smallest and largest"
+    ),
+    "budget_upscale": Option(False, "token budgets may enlarge an image beyond its own patches"),
+    "packing": Option(
+        "none",
+        "training rows: 'none' (one image per row, padded to max_tokens) | 'first_fit' | 'best_fit' (grain's "
+        "packers: several images per row of max_tokens, each attending only to itself)",
+    ),
+    "max_images_per_row": Option(4, "packing: at most this many images in one row"),
+    "packing_bins": Option(64, "packing: rows filled at once (more: less padding, a longer window)"),
     "transforms": Option(("native_aspect_ratio_resize", "horizontal_flip"), "training, applied in order"),
     "eval_transforms": Option(("native_aspect_ratio_resize",), "evaluation and probes' validation, in order"),
     "ordering": Option("raster", "patch order: 'raster' | 'nested_raster(b)' | 'round_robin(b)' (DARL)"),
@@ -147,6 +172,29 @@ def _check_transforms(name: str, transforms, image_size: int, patch_size: int, m
         )
 
 
+def _check_budgets(cfg: ml_collections.ConfigDict, n: int) -> None:
+    budgets = tuple(int(b) for b in cfg.token_budgets)
+    if budgets and (min(budgets) < 1 or max(budgets) > n):
+        raise UserError(
+            f"data.token_budgets={budgets} must lie in [1, data.max_tokens={n}]: no row can hold an image "
+            "of a larger budget; raise data.max_tokens or lower the budgets"
+        )
+    sizing = [t for t in cfg.transforms if t in SIZING_TRANSFORMS]
+    if budgets and sizing[-1:] != ["fit_to_token_budget"]:
+        raise UserError(
+            f"data.token_budgets needs data.transforms to end its geometry with 'fit_to_token_budget', which "
+            f"sizes each image to its budget; got {tuple(cfg.transforms)}"
+        )
+    for key, allowed in (("token_budget_sampling", BUDGET_SAMPLINGS), ("packing", PACKINGS)):
+        if cfg[key] not in allowed:
+            raise UserError(f"data.{key}={cfg[key]!r} is not supported: use one of {', '.join(allowed)}")
+    if int(cfg.max_images_per_row) < 1 or int(cfg.packing_bins) < 1:
+        raise UserError(
+            f"data.max_images_per_row={cfg.max_images_per_row} and data.packing_bins={cfg.packing_bins} "
+            "must be at least 1"
+        )
+
+
 def validate_data_config(cfg: ml_collections.ConfigDict, patch_size: int) -> None:
     """Raises UserError naming the first bad `data.*` value (cfg is the `data` section)."""
     s = int(cfg.image_size)
@@ -161,6 +209,7 @@ def validate_data_config(cfg: ml_collections.ConfigDict, patch_size: int) -> Non
             "or 0 for the square grid"
         )
     n = token_budget(cfg, patch_size)
+    _check_budgets(cfg, n)
     _check_transforms("data.transforms", cfg.transforms, s, patch_size, n)
     _check_transforms("data.eval_transforms", cfg.eval_transforms, s, patch_size, n)
     if int(cfg.max_pixels) < 1:

@@ -1,10 +1,12 @@
 """grain pipelines producing batches of the batch contract (docs/design.md).
 
 Per example: source[i] -> decode (bad files skipped with a warning) -> transforms with an rng derived from
-(seed, epoch, i) -> tokens (patchify, pad to N) -> ordering. Training shuffles each epoch (seeded), shards
-by process, repeats forever and batches per process; its iterator's get_state()/set_state() resume
-mid-epoch with identical batches. Evaluation visits each example once and pads the last batch with
-examples whose 'valid' is False.
+(seed, epoch, i) (with data.token_budgets, the image's budget is drawn first from the same rng) -> tokens
+(patchify, pad to N) -> ordering. Training shuffles each epoch (seeded), shards by process, repeats forever,
+packs images into rows with data.packing (grain's packers; naraim.model.segments describes the packed
+batch) and batches per process; its iterator's get_state()/set_state() resume mid-epoch with identical
+batches. Evaluation visits each example once, unpacked, and pads the last batch with examples whose 'valid'
+is False.
 
 With `data.num_workers` > 0, each worker process assembles whole training batches from every
 num_workers-th example of the stream (cheapest: one transfer per batch), so the batches depend on the
@@ -24,6 +26,7 @@ import time
 import weakref
 from collections.abc import Iterator
 
+import grain.experimental
 import grain.python as grain
 import ml_collections
 import numpy as np
@@ -36,7 +39,14 @@ from naraim.data.decode import decode_image, upscale_to_patch
 from naraim.data.sources import Source, open_source
 from naraim.data.sources.base import UnusableExample
 from naraim.data.tokens import to_tokens
-from naraim.data.transforms import Transform, apply_transforms, min_source_pixels, transforms_from_config
+from naraim.data.transforms import (
+    Transform,
+    apply_transforms,
+    draw_token_budget,
+    min_source_pixels,
+    transforms_from_config,
+    with_token_budget,
+)
 from naraim.errors import UserError
 
 log = logging.getLogger("naraim.data")
@@ -84,6 +94,9 @@ class ExampleLoader:
     min_area: int
     ordering: str
     max_pixels: int
+    token_budgets: tuple[int, ...] = ()  # training: each example draws its budget from these
+    budget_sampling: str = "uniform"
+    packed: bool = False  # training examples unpadded, per-image fields [1, ...], for the packer
 
     def decode(self, index: int) -> tuple[Image.Image, int, float | None] | None:
         """(RGB image, label, the original's aspect ratio if the source stores it) of source[index], or None
@@ -105,8 +118,13 @@ class ExampleLoader:
         self, image: Image.Image, label: int, aspect_ratio: float | None, rng: np.random.Generator
     ) -> dict[str, np.ndarray]:
         w, h = image.size
+        transforms = self.transforms
+        if self.token_budgets:
+            transforms = with_token_budget(
+                transforms, draw_token_budget(rng, self.token_budgets, self.budget_sampling)
+            )
         ex = to_tokens(
-            np.asarray(apply_transforms(image, rng, self.transforms)),
+            np.asarray(apply_transforms(image, rng, transforms)),
             patch_size=self.patch_size,
             max_tokens=self.max_tokens,
         )
@@ -116,6 +134,9 @@ class ExampleLoader:
             )
         ex["label"] = np.int32(label)
         ex["aspect_ratio"] = np.float32(w / h if aspect_ratio is None else aspect_ratio)
+        if self.packed:  # the packer pads the rows: tokens unpadded, one entry per image for the rest
+            n = int(ex["length"])
+            return {k: v[:n] if k in PACKED_TOKENS else np.asarray(v)[None] for k, v in ex.items()}
         return ex
 
     def require_usable(self) -> None:
@@ -161,19 +182,31 @@ def _empty_example(patch_size: int, max_tokens: int) -> dict[str, np.ndarray]:
 
 
 def make_loader(
-    data_cfg: ml_collections.ConfigDict, split: str, names, patch_size: int, seed: int
+    data_cfg: ml_collections.ConfigDict,
+    split: str,
+    names,
+    patch_size: int,
+    seed: int,
+    *,
+    training: bool = False,
 ) -> ExampleLoader:
-    """The ExampleLoader of `split` with the transforms `names` (data_cfg's geometry and options)."""
+    """The ExampleLoader of `split` with the transforms `names` (data_cfg's geometry and options); training
+    adds data.token_budgets and, with data.packing, unpadded examples for the packer."""
     s, n = int(data_cfg.image_size), token_budget(data_cfg, patch_size)
+    budgets = tuple(int(b) for b in data_cfg.token_budgets) if training else ()
+    upscale = bool(data_cfg.budget_upscale) or not budgets
     return ExampleLoader(
         source=open_source(data_cfg, split),
-        transforms=transforms_from_config(data_cfg, names, patch_size, n),
+        transforms=transforms_from_config(data_cfg, names, patch_size, n, upscale),
         patch_size=patch_size,
         max_tokens=n,
         seed=int(seed),
         min_area=min_source_pixels(tuple(names), s, data_cfg.crop_scale) if data_cfg.jpeg_draft else 0,
         ordering=data_cfg.ordering,
         max_pixels=int(data_cfg.max_pixels),
+        token_budgets=budgets,
+        budget_sampling=data_cfg.token_budget_sampling,
+        packed=training and data_cfg.packing != "none",
     )
 
 
@@ -186,14 +219,59 @@ def _per_process_batch(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
+PACKED_TOKENS = ("patches", "coords")  # per-token example fields
+PER_IMAGE = ("grid", "length", "label", "aspect_ratio")  # one entry per image (slot) of a row
+
+
+def _packed_rows(ex: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A row from grain's packer -> the packed batch contract (naraim.model.segments): segment_ids and
+    positions from the patches', empty image slots with grid (1, 1), length 0 and label -1."""
+    empty = ex["length_segment_ids"] == 0
+    return {
+        "patches": ex["patches"],
+        "coords": ex["coords"],
+        "segment_ids": ex["patches_segment_ids"],
+        "positions": ex["patches_positions"],
+        "grid": np.where(empty[:, None], 1, ex["grid"]).astype(np.int32),
+        "length": np.where(empty, 0, ex["length"]).astype(np.int32),
+        "label": np.where(empty, -1, ex["label"]).astype(np.int32),
+        "aspect_ratio": np.where(empty, 1.0, ex["aspect_ratio"]).astype(np.float32),
+    }
+
+
+def _pack(it: grain.IterDataset, data_cfg: ml_collections.ConfigDict, max_tokens: int) -> grain.IterDataset:
+    """Rows of `max_tokens` tokens holding up to data.max_images_per_row whole images, by grain's first-fit
+    or best-fit packer over data.packing_bins rows at a time."""
+    m = int(data_cfg.max_images_per_row)
+    packer = {
+        "first_fit": grain.experimental.FirstFitPackIterDataset,
+        "best_fit": grain.experimental.BestFitPackIterDataset,
+    }[data_cfg.packing]
+    lengths = {k: max_tokens if k in PACKED_TOKENS else m for k in (*PACKED_TOKENS, *PER_IMAGE)}
+    rows = packer(
+        it,
+        length_struct=lengths,
+        num_packing_bins=int(data_cfg.packing_bins),
+        shuffle_bins=False,
+        max_sequences_per_bin=m,
+    )
+    return rows.map(_packed_rows)
+
+
 def _in_parallel(
-    ds: grain.MapDataset, data_cfg: ml_collections.ConfigDict, batch: int | None
+    ds: grain.MapDataset,
+    data_cfg: ml_collections.ConfigDict,
+    batch: int | None,
+    pack_tokens: int | None = None,
 ) -> grain.IterDataset:
-    """Elements of `ds` read by `data.read_threads` threads (batched by `batch` unless None) and, with
-    `data.num_workers` > 0, by worker processes that each take every num_workers-th element."""
+    """Elements of `ds` read by `data.read_threads` threads (packed into rows of `pack_tokens` tokens unless
+    None, then batched by `batch` unless None) and, with `data.num_workers` > 0, by worker processes that
+    each take every num_workers-th element."""
     threads = max(1, int(data_cfg.read_threads))
     read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(batch or 1, 2 * threads))
     it = ds.to_iter_dataset(read)
+    if pack_tokens is not None:
+        it = _pack(it, data_cfg, pack_tokens)
     if batch is not None:
         it = it.batch(batch, drop_remainder=True)
     if int(data_cfg.num_workers) > 0:
@@ -228,7 +306,7 @@ def make_train_iterator(
     Supports get_state() -> dict and set_state(dict): the restored iterator yields the same next batches.
     """
     batch = _per_process_batch(global_batch_size, process_count)
-    loader = make_loader(data_cfg, data_cfg.train_split, data_cfg.transforms, patch_size, seed)
+    loader = make_loader(data_cfg, data_cfg.train_split, data_cfg.transforms, patch_size, seed, training=True)
     loader.require_usable()
     if indices is None:
         indices = np.arange(len(loader.source))
@@ -237,7 +315,7 @@ def make_train_iterator(
         raise UserError(f"the training split has fewer examples than the {process_count} processes; add data")
     ds = shard.shuffle(seed=int(seed) % 2**32) if data_cfg.shuffle else shard
     ds = ds.repeat(None).map_with_index(functools.partial(loader.train_example, len(shard)))
-    iterator = iter(_in_parallel(ds, data_cfg, batch))
+    iterator = iter(_in_parallel(ds, data_cfg, batch, loader.max_tokens if loader.packed else None))
     if int(data_cfg.num_workers) > 0:  # stop the worker processes before interpreter teardown
         ref = weakref.ref(iterator)
         atexit.register(lambda: ref() is not None and ref().close())

@@ -4,7 +4,9 @@
 Geometry (S = image_size, P = patch_size, N = max_tokens):
 - native_aspect_ratio_resize: about S*S pixels at the image's own width/height, then a central crop to
   multiples of P (NARAIM). At most N patches.
-- fit_to_token_budget: the largest aspect-preserving patch grid with at most N patches (as NaFlex).
+- fit_to_token_budget: the largest aspect-preserving patch grid with at most N patches (as NaFlex), or
+  with upscale=False at most the image's own patches. With data.token_budgets each example draws its own
+  N (draw_token_budget, with_token_budget).
 - random_crop_native: NARAIM's crop (area fraction in crop_scale, log-uniform width/height in crop_ratio),
   not squashed; keeps at least S*S source pixels, else the whole image. Follow it with a sizing transform.
 - random_resized_crop: AIM training, the crop squashed to S x S.
@@ -154,10 +156,14 @@ def fit_to_token_budget(
     patch_size: int,
     max_tokens: int,
     resample: str = "box_bilinear",
+    upscale: bool = True,
 ) -> Image.Image:
-    """Resizes to the largest rows x cols patch grid with rows*cols <= max_tokens and cols/rows ~ W/H."""
+    """Resizes to the largest rows x cols patch grid with rows*cols <= max_tokens and cols/rows ~ W/H;
+    upscale=False caps the grid at the image's own (H // P) * (W // P) patches (never enlarged past them)."""
     del rng
     w, h = image.size
+    if not upscale:
+        max_tokens = min(max_tokens, max(1, (h // patch_size) * (w // patch_size)))
     if w >= h:
         rows, cols, kept = _budget_grid(h, w, max_tokens)
         box = ((w - kept) / 2, 0.0, (w + kept) / 2, float(h))
@@ -165,6 +171,26 @@ def fit_to_token_budget(
         cols, rows, kept = _budget_grid(w, h, max_tokens)
         box = (0.0, (h - kept) / 2, float(w), (h + kept) / 2)
     return _resize_box(image, (rows * patch_size, cols * patch_size), box, resample)
+
+
+BUDGET_SAMPLINGS = ("uniform", "log_uniform")
+
+
+def draw_token_budget(rng: np.random.Generator, budgets: Sequence[int], sampling: str) -> int:
+    """One image's token budget: 'uniform' picks one of `budgets` with equal probability, 'log_uniform' an
+    integer log-uniform between the smallest and the largest of them."""
+    if sampling == "uniform":
+        return int(budgets[int(rng.integers(len(budgets)))])
+    lo, hi = min(budgets), max(budgets)
+    return int(min(hi, max(lo, round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))))
+
+
+def with_token_budget(transforms: Sequence[Transform], budget: int) -> tuple[Transform, ...]:
+    """`transforms` with every fit_to_token_budget bound to `budget` patches instead."""
+    return tuple(
+        functools.partial(t, max_tokens=budget) if getattr(t, "func", None) is fit_to_token_budget else t
+        for t in transforms
+    )
 
 
 CROP_CHOICES = ("first", "last")
@@ -276,6 +302,7 @@ def make_transform(
     jitter: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
     jitter_prob: float = 0.8,
     rand_augment_args: dict | None = None,
+    upscale: bool = True,
 ) -> Transform:
     """The transform called `name` with its geometry and parameters bound (a picklable partial)."""
     scale, ratio = tuple(crop_scale), tuple(crop_ratio)
@@ -291,7 +318,7 @@ def make_transform(
             **sizing,
         ),
         "fit_to_token_budget": functools.partial(
-            fit_to_token_budget, patch_size=patch_size, max_tokens=max_tokens, **sizing
+            fit_to_token_budget, patch_size=patch_size, max_tokens=max_tokens, upscale=upscale, **sizing
         ),
         "random_crop_native": functools.partial(
             random_crop_native, image_size=image_size, scale=scale, ratio=ratio, choice=crop_choice
@@ -312,9 +339,10 @@ def make_transform(
 
 
 def transforms_from_config(
-    data_cfg: Mapping[str, Any], names: Sequence[str], patch_size: int, max_tokens: int
+    data_cfg: Mapping[str, Any], names: Sequence[str], patch_size: int, max_tokens: int, upscale: bool = True
 ) -> tuple[Transform, ...]:
-    """The transforms `names`, in order, with the parameters of the `data` config section bound."""
+    """The transforms `names`, in order, with the parameters of the `data` config section bound
+    (fit_to_token_budget enlarges small images only with `upscale`)."""
     return tuple(
         make_transform(
             t,
@@ -331,6 +359,7 @@ def transforms_from_config(
             jitter=tuple(data_cfg["color_jitter"]),
             jitter_prob=float(data_cfg["color_jitter_prob"]),
             rand_augment_args=dict(data_cfg["rand_augment"]),
+            upscale=upscale,
         )
         for t in names
     )

@@ -239,16 +239,18 @@ class _Run:
                     pending = None
                 if (step % cfg.log_every == 0 or last) and window:
                     seconds = max(time.time() - window_start - paused, 1e-9)
+                    row_tokens = len(window) * cfg.batch_size * batch["patches"].shape[1]
+                    real_tokens = float(sum(m["real_tokens"] for m in window))
+                    images = float(sum(m["images"] for m in window))
                     record = {
                         "loss": float(np.mean([m["loss"] for m in window])),
                         "grad_norm": float(np.mean([m["grad_norm"] for m in window])),
                         "lr": float(window[-1]["lr"]),
-                        "images_per_sec": len(window) * cfg.batch_size / seconds,
-                        "tokens_per_sec": float(sum(m["real_tokens"] for m in window)) / seconds,
-                        "padded_tokens_per_sec": len(window)
-                        * cfg.batch_size
-                        * batch["patches"].shape[1]
-                        / seconds,
+                        "images": images / len(window),
+                        "pad_fraction": 1.0 - real_tokens / row_tokens,
+                        "images_per_sec": images / seconds,
+                        "tokens_per_sec": real_tokens / seconds,
+                        "padded_tokens_per_sec": row_tokens / seconds,
                     }
                     logger.write(step, "train", record)
                     val = f" val {last_val:.4f}" if last_val is not None else ""
