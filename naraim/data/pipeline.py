@@ -201,7 +201,9 @@ def make_loader(
         patch_size=patch_size,
         max_tokens=n,
         seed=int(seed),
-        min_area=min_source_pixels(tuple(names), s, data_cfg.crop_scale) if data_cfg.jpeg_draft else 0,
+        min_area=min_source_pixels(tuple(names), s, data_cfg.crop_scale, max(budgets or (n,)) * patch_size**2)
+        if data_cfg.jpeg_draft
+        else 0,
         ordering=data_cfg.ordering,
         max_pixels=int(data_cfg.max_pixels),
         token_budgets=budgets,

@@ -382,10 +382,15 @@ def apply_transforms(
     return image
 
 
-def min_source_pixels(names: Sequence[str], image_size: int, crop_scale: Sequence[float]) -> int:
+def min_source_pixels(
+    names: Sequence[str], image_size: int, crop_scale: Sequence[float], budget_pixels: int = 0
+) -> int:
     """Source pixels the transforms need at full quality (lets the decoder downscale larger JPEGs); 0 when
-    that depends on the image (decode at full resolution)."""
+    that depends on the image (decode at full resolution). budget_pixels: the pixels of the largest grid
+    fit_to_token_budget may make (its largest budget x P^2)."""
     area = image_size * image_size
+    if "fit_to_token_budget" in names:
+        area = max(area, budget_pixels)
     if "random_crop_native" in names or "random_resized_crop" in names:
         area = math.ceil(area / crop_scale[0])
     if "resize_shorter_center_crop" in names:

@@ -105,6 +105,11 @@ PROBE_OPTIONS = {
             (10, 20, 100, 200),
             "kNN: neighbours, all in one pass (one result per block and k; minival selects)",
         ),
+        "eval_token_budgets": Option(
+            (),
+            "also evaluate the selected head with every image sized to each of these patch budgets "
+            "(fit_to_token_budget, one row per image): results.json per_token_budget; attentive / linear",
+        ),
         "cache_features": Option(
             "auto",
             "'auto': cache the backbone features when the training transforms have no randomness | "
@@ -147,8 +152,9 @@ def resolve(cfg: ConfigDict, pretrain_cfg: ConfigDict) -> ConfigDict:
     resolved."""
     model = overlay(resolve_model_config(pretrain_cfg.model), cfg.model)
     data = overlay(default_data_config(), pretrain_cfg.data)
+    data.packing = "none"  # probes train on one image per row
     if cfg.train_transforms == "eval":
-        data.transforms = data.eval_transforms
+        data.transforms, data.token_budgets = data.eval_transforms, ()
     data = overlay(data, cfg.data)
     out = ConfigDict(cfg.to_dict())
     out.model, out.data = model, data
@@ -235,11 +241,27 @@ def validate(cfg: ConfigDict, num_devices: int | None = None) -> None:
             f"probe.blocks={cfg.probe.blocks!r} x probe.lrs={tuple(cfg.probe.lrs)} makes {heads} heads, and "
             "the one to report is selected on a minival split: set probe.minival_fraction (e.g. 0.1)"
         )
+    if cfg.data.packing != "none":
+        raise UserError(f"data.packing={cfg.data.packing!r}: probes train on one image per row; use 'none'")
+    budgets = tuple(cfg.probe.eval_token_budgets)
+    if budgets and (min(int(b) for b in budgets) < 1 or cfg.protocol not in ("attentive", "linear")):
+        raise UserError(
+            f"probe.eval_token_budgets={budgets} needs budgets >= 1 and a frozen protocol ('attentive' or "
+            f"'linear'), not {cfg.protocol!r}"
+        )
     if cfg.probe.cache_features == "always" and has_randomness(cfg.data):
         raise UserError(
             f"probe.cache_features='always' but data.transforms={tuple(cfg.data.transforms)} is random; "
             "use 'auto', deterministic transforms, or train_transforms='eval'"
         )
+
+
+def token_budget_data(data_cfg: ConfigDict, budget: int) -> ConfigDict:
+    """The data config whose evaluation sizes every image to the largest grid of at most `budget` patches
+    at its aspect ratio, in rows of `budget` tokens."""
+    data = data_cfg.copy_and_resolve_references()
+    data.eval_transforms, data.max_tokens, data.token_budgets = ("fit_to_token_budget",), int(budget), ()
+    return data
 
 
 def has_randomness(data_cfg: ConfigDict) -> bool:

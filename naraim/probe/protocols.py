@@ -240,16 +240,21 @@ def frozen(run: RunContext, backbone: ViT, backbone_np: dict, classes: int) -> d
         return top1.mean(axis=0)
 
     def evaluate(state, step: int) -> dict:
-        top1, top5, ar = _accumulate(
-            lambda b: eval_step(state, backbone_params, b),
-            run.eval_batches(run.eval_split, max_examples=cfg.eval.max_examples),
-            mesh,
-        )
         names = [F.spec_name(s, sw.last_k) for s in sw.specs]
         extra = None if sw.weight_decays is None else {"weight_decay": list(sw.weight_decays)}
-        results = sweep_results(
-            top1, top5, ar, run.edges, names, list(sw.lrs), minival_top1(state), extra=extra
-        )
+        minival = minival_top1(state)
+
+        def heads_on(data_cfg=None) -> dict:  # every head on the evaluation split, the selection by minival
+            top1, top5, ar = _accumulate(
+                lambda b: eval_step(state, backbone_params, b),
+                run.eval_batches(run.eval_split, max_examples=cfg.eval.max_examples, data_cfg=data_cfg),
+                mesh,
+            )
+            return sweep_results(top1, top5, ar, run.edges, names, list(sw.lrs), minival, extra=extra)
+
+        results = heads_on()
+        if step == cfg.total_steps:
+            results.update(by_token_budget(cfg, heads_on))
         if step < cfg.total_steps:
             run.logger.write(step, run.eval_name, {"top1": results["top1"], "top5": results["top5"]})
         return results
@@ -259,6 +264,17 @@ def frozen(run: RunContext, backbone: ViT, backbone_np: dict, classes: int) -> d
 
     state = train_loop(cfg, run.workdir, step_fn, state, batches, run.logger, evaluate)
     return run.finish(evaluate(state, cfg.total_steps))
+
+
+def by_token_budget(cfg: ConfigDict, results_at) -> dict:
+    """{'per_token_budget': {budget: the selected head's top1, top5, num_examples, per_aspect_ratio_bin}}
+    with every image sized to each of probe.eval_token_budgets; {} without budgets. results_at(data_cfg)
+    evaluates the sweep with that data config."""
+    out = {}
+    for budget in cfg.probe.eval_token_budgets:
+        r = results_at(probe_config.token_budget_data(cfg.data, int(budget)))
+        out[str(int(budget))] = {k: r[k] for k in ("top1", "top5", "num_examples", "per_aspect_ratio_bin")}
+    return {"per_token_budget": out} if out else {}
 
 
 def make_finetune_optimizer(cfg: ConfigDict, clf: Classifier, params: dict):

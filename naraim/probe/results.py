@@ -6,7 +6,9 @@ File format (strict JSON): {"top1": float, "top5": float, "num_examples": int,
 "per_aspect_ratio_bin": [{"bin": [lo, hi], "count": int, "top1": float | null}, ...],
 "selected": {"features": block index | "mean_last_<k>", "lr" (or "k" for kNN): x},
 "per_head": [{"features", "lr" (or "k"), "minival_top1": float | null, "top1", "top5", "num_examples",
-"per_aspect_ratio_bin"}, ...]}. The top-level figures are the selected head's on the evaluation split; the
+"per_aspect_ratio_bin"}, ...]}, and with probe.eval_token_budgets "per_token_budget": {"<budget>": {"top1",
+"top5", "num_examples", "per_aspect_ratio_bin"}} (the selected head, every image sized to that many
+patches). The top-level figures are the selected head's on the evaluation split; the
 head is selected by its top-1 on the minival split (carved from the training split), never on the split
 reported. Accuracies are fractions in [0, 1]. JSON has no infinity, so an unbounded upper edge is written as
 null; `read_results` turns it back into math.inf. An empty bin has "top1": null.
@@ -180,6 +182,11 @@ def _json_safe(results: dict) -> dict:
         out["per_head"] = [
             dict(h, per_aspect_ratio_bin=_json_bins(h["per_aspect_ratio_bin"])) for h in out["per_head"]
         ]
+    if "per_token_budget" in results:
+        out["per_token_budget"] = {
+            b: dict(r, per_aspect_ratio_bin=_json_bins(r["per_aspect_ratio_bin"]))
+            for b, r in results["per_token_budget"].items()
+        }
     return out
 
 
@@ -200,8 +207,9 @@ def read_results(run: str) -> dict:
     try:
         with open(path) as f:
             results = json.load(f)
-        bin_lists = [results["per_aspect_ratio_bin"]] + [
-            h["per_aspect_ratio_bin"] for h in results.get("per_head", [])
+        bin_lists = [
+            r["per_aspect_ratio_bin"]
+            for r in [results, *results.get("per_head", []), *results.get("per_token_budget", {}).values()]
         ]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(
