@@ -42,6 +42,22 @@ def square_aim_data(cfg: ml_collections.ConfigDict) -> None:
     cfg.data.max_tokens = 0
 
 
+def native_resolution(
+    cfg: ml_collections.ConfigDict, budgets: tuple[int, ...], max_tokens: int, max_images_per_row: int
+) -> None:
+    """Native resolution: each training image draws its patch budget from `budgets` (after NARAIM's random
+    crop; never enlarged past its own patches), and first-fit packing fills rows of `max_tokens` tokens with
+    up to `max_images_per_row` images, each attending only to itself. The loss is the mean over images
+    (loss.average 'per_image'): every image counts once whatever its budget."""
+    cfg.data.token_budgets = tuple(budgets)
+    cfg.data.max_tokens = max_tokens
+    cfg.data.transforms = ("random_crop_native", "fit_to_token_budget", "horizontal_flip")
+    cfg.data.packing = "first_fit"
+    cfg.data.packing_bins = 128
+    cfg.data.max_images_per_row = max_images_per_row
+    cfg.loss.average = "per_image"
+
+
 def naraim_reference(cfg: ml_collections.ConfigDict) -> None:
     """The NARAIM reference code's settings (github daniel-gallo/naraim; docs/reproducing.md): the loss that
     trained its Table 1 models (the masked errors over batch x 255 slots, before its commit f8d1e65), raw

@@ -46,6 +46,11 @@ def main() -> None:
     parser.add_argument(
         "--probe_set", action="append", default=[], help="KEY=VALUE override of the probe configs"
     )
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="add the recipe's naraim_native arm (budgets, packed rows); every arm probed at its budgets",
+    )
     args = parser.parse_args()
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -63,6 +68,7 @@ def main() -> None:
         args.set,
         args.probe_set,
         args.probe_config,
+        args.native,
     )
     study.run([shlex.join(["python", "scripts/study.py", *sys.argv[1:]])])
 

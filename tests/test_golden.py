@@ -189,14 +189,14 @@ def test_golden_values_are_reproduced_bit_for_bit(name, computed, golden):
 CONFIGS = os.path.join(ROOT, "tests", "golden", "configs.json")
 # every shipped config file with every variant (the probe's singly and in the combinations its docs name)
 CONFIG_VARIANTS = {
-    "naraim_b14": ["", "base", "fractional", "random_crop", "no_norm", "base_no_norm"],
+    "naraim_b14": ["", "base", "fractional", "random_crop", "no_norm", "base_no_norm", "native"],
     "aim_b14": [""],
     "aim_600m": [""],
     "aim_1b": [""],
     "aim_3b": [""],
     "aim_7b": [""],
     "darl_l16": ["", "diffusion", "mse", "native"],
-    "small": ["", "naraim", "aim"],
+    "small": ["", "naraim", "aim", "naraim_native"],
     "demo": ["", "naraim", "aim", "darl", "darl_mse"],
     "probe": [
         "",

@@ -224,3 +224,74 @@ def test_later_seeds_are_replanned_from_what_the_finished_arms_took(tmp_path, mo
     s.budget, plan["steps_by_seed"] = 300.0, {"1": 400}  # a generous budget: never more than planned
     assert s.round_steps(plan, 2) == 400
     assert s.round_steps(plan, 2) == 400  # recorded: a resumed study keeps it
+
+
+def test_the_report_shows_each_arms_accuracy_by_token_budget_and_aspect_ratio(tmp_path):
+    """A native study's probes carry per_token_budget: study.json averages it over seeds, report.md has a row
+    per arm and budget with a column per aspect-ratio bin."""
+    bins = [(0, 1, 4, 0.5), (1, math.inf, 6, 0.5)]
+    by_seed = {
+        1: {"16": (0.2, [0.1, None]), "64": (0.4, [0.3, 0.5])},
+        2: {"16": (0.4, [0.3, 0.6]), "64": (0.6, [0.5, 0.7])},
+    }
+    for arm in ("naraim_native", "random_init"):
+        for seed, budgets in by_seed.items():
+            folder = tmp_path / f"{arm}_s{seed}"
+            attentive = _probe_results([(0, 1e-3, 0.5, 0.5)], bins)
+            attentive["per_token_budget"] = {
+                b: {
+                    "top1": top1,
+                    "top5": 1.0,
+                    "num_examples": 10,
+                    "per_aspect_ratio_bin": [
+                        {"bin": [lo, hi], "count": c, "top1": t}
+                        for (lo, hi, c, _), t in zip(bins, per_bin, strict=True)
+                    ],
+                }
+                for b, (top1, per_bin) in budgets.items()
+            }
+            for probe, results in (
+                ("probe_attentive", attentive),
+                ("probe_knn", _probe_results([("mean_last_6", 20, 0.5, 0.3)], bins)),
+                ("probe_linear", _probe_results([(1, 0.1, 0.5, 0.3)], bins)),
+            ):
+                (folder / probe).mkdir(parents=True)
+                write_results(str(folder / probe), results)
+            (folder / "arm.json").write_text(json.dumps({"pretrain_seconds": 1.0}))
+    meta = {"data": "x", "date": "d", "commands": ["c"], "plan": {"steps": 3, "chosen_by": "t"}}
+    study = write_report(str(tmp_path), ("naraim_native", "random_init"), [1, 2], meta)
+    native = study["arms"]["naraim_native"]["per_token_budget"]
+    assert native["16"]["top1"] == pytest.approx(0.3) and native["64"]["top1"] == pytest.approx(0.5)
+    assert [b["top1"] for b in native["16"]["per_aspect_ratio_bin"]] == pytest.approx(
+        [0.2, 0.6]
+    )  # None skipped
+    report = (tmp_path / "report.md").read_text()
+    assert "| naraim_native | 16 | 30.0 | 20.0 | 60.0 |" in report
+    assert "| random_init | 64 | 50.0 | 40.0 | 60.0 |" in report
+
+
+def test_a_native_study_adds_the_packed_arm_and_probes_every_arm_at_its_budgets(tmp_path, monkeypatch):
+    from naraim.study import run
+
+    trained, probed = {}, {}
+
+    def train(cfg, folder):
+        os.makedirs(folder)
+        trained[os.path.basename(folder)] = cfg
+
+    monkeypatch.setattr(run, "train", train)
+    monkeypatch.setattr(
+        run, "run_probe", lambda cfg, folder: probed.setdefault(os.path.relpath(folder, tmp_path), cfg)
+    )
+    s = run.Study(
+        "synthetic", str(tmp_path), [1], 30.0, 2, "configs/small.py", [], [], "configs/probe.py", True
+    )
+    assert s.arms == ("naraim", "aim", "naraim_native", "random_init")
+    for arm in s.arms:
+        s.run_arm(arm, 1, "synthetic", 2)
+    native = trained["naraim_native_s1"].data
+    assert native.packing == "first_fit" and tuple(native.token_budgets) == (16, 32, 64, 128)
+    assert trained["naraim_s1"].data.packing == "none"
+    for arm in s.arms:
+        assert tuple(probed[f"{arm}_s1/probe_attentive"].probe.eval_token_budgets) == (16, 32, 64, 128)
+        assert tuple(probed[f"{arm}_s1/probe_knn"].probe.eval_token_budgets) == ()

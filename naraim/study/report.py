@@ -53,6 +53,7 @@ def arm_seed_results(folder: str) -> dict:
         "knn_per_block_top1": best_per_block(knn["per_head"]),
         "fewshot_by_step": fewshot_by_step(folder),
         "per_aspect_ratio_bin": attentive["per_aspect_ratio_bin"],
+        "per_token_budget": attentive.get("per_token_budget", {}),
         "num_examples": attentive["num_examples"],
         "wall_seconds": sum(times.values()),
     }
@@ -79,6 +80,13 @@ def aggregate(runs: dict[int, dict]) -> dict:
     blocks = seeds[0]["per_block_top1"]
     out["per_block_top1"] = {b: float(np.mean([r["per_block_top1"][b] for r in seeds])) for b in blocks}
     out["per_aspect_ratio_bin"] = _mean_bins(seeds)
+    out["per_token_budget"] = {
+        b: {
+            "top1": float(np.mean([r["per_token_budget"][b]["top1"] for r in seeds])),
+            "per_aspect_ratio_bin": _mean_bins([r["per_token_budget"][b] for r in seeds]),
+        }
+        for b in seeds[0]["per_token_budget"]
+    }
     steps = [dict(map(tuple, r["fewshot_by_step"])) for r in seeds]
     common = sorted(set.intersection(*(set(s) for s in steps))) if steps else []
     out["fewshot_by_step"] = [[step, float(np.mean([s[step] for s in steps]))] for step in common]
@@ -224,6 +232,19 @@ def _markdown(study: dict) -> str:
     lines += ["|---" * (len(bins) + 1) + "|"]
     for name, arm in arms.items():
         lines.append(f"| {name} | " + " | ".join(_pct(b["top1"]) for b in arm["per_aspect_ratio_bin"]) + " |")
+    budgets = {name: arm["per_token_budget"] for name, arm in arms.items() if arm["per_token_budget"]}
+    if budgets:
+        lines += [
+            "",
+            "Attentive top-1 (%) with every validation image sized to a token budget, by aspect-ratio ",
+        ]
+        lines[-1] += "bin, mean over seeds (the selected head; probe.eval_token_budgets):"
+        lines += ["", "| arm | budget | all | " + " | ".join(bin_label(*b["bin"]) for b in bins) + " |"]
+        lines += ["|---" * (len(bins) + 3) + "|"]
+        for name, per_budget in budgets.items():
+            for budget, r in per_budget.items():
+                cells = " | ".join(_pct(b["top1"]) for b in r["per_aspect_ratio_bin"])
+                lines.append(f"| {name} | {budget} | {_pct(r['top1'])} | {cells} |")
     lines += [
         "",
         "Per seed:",

@@ -1,5 +1,7 @@
 """A real-data study on one machine: pre-train NARAIM and AIM, make the random-init control, probe each
-(attentive sweep, kNN, linear sweep), for every seed; then write DIR/study.json and DIR/report.md.
+(attentive sweep, kNN, linear sweep), for every seed; then write DIR/study.json and DIR/report.md. With
+native=True a fourth arm pre-trains the recipe's naraim_native variant (token budgets, packed rows), and every
+arm's attentive probe is also evaluated at that variant's budgets (the report's budget x aspect-ratio table).
 
 Layout of DIR: data/ (the source as pre-resized ArrayRecord shards, when it is a folder or a TFDS dataset),
 plan.json (the pre-training steps and how they were chosen: re-runs reuse it; the first seed's random-init
@@ -36,6 +38,7 @@ from naraim.train.step import init_state, make_train_step
 from naraim.train.trainer import train
 
 ARMS = ("naraim", "aim", "random_init")
+NATIVE_ARMS = ("naraim", "aim", "naraim_native", "random_init")
 PROBES = {"attentive": "small", "knn": "small,knn", "linear": "small,linear"}
 SAFETY = 0.95  # of the budget left after data preparation and the measured probe time, for pre-training
 
@@ -78,11 +81,15 @@ class Study:
         overrides: list[str],
         probe_overrides: list[str],
         probe_config: str,
+        native: bool = False,
     ):
         self.data, self.workdir, self.seeds = data, os.path.abspath(workdir), seeds
         self.budget, self.steps, self.recipe, self.probe_config = budget_minutes, steps, recipe, probe_config
         self.overrides = [parse_assignment(o) for o in overrides]
         self.probe_overrides = [parse_assignment(o) for o in probe_overrides]
+        self.arms = NATIVE_ARMS if native else ARMS
+        native_cfg = load_config_file(f"{recipe}:naraim_native") if native else None
+        self.eval_budgets = tuple(native_cfg.data.token_budgets) if native else ()
         self.start = time.time()
 
     def pretrain_config(self, arm: str, seed: int, source: str, steps: int) -> ConfigDict:
@@ -141,8 +148,8 @@ class Study:
         else:
             seconds = measure_step_seconds(cfg)
             probe_seconds = self.probe_seconds(self.seeds[0])
-            runs = 2 * len(self.seeds)
-            arms_left = len(ARMS) * len(self.seeds) - 1
+            runs = (len(self.arms) - 1) * len(self.seeds)
+            arms_left = len(self.arms) * len(self.seeds) - 1
             left = self.budget * 60 - (time.time() - self.start) - arms_left * probe_seconds
             budget_steps = int(SAFETY * left / (runs * seconds * 1.15))
             plan.update(
@@ -172,7 +179,7 @@ class Study:
             done = [s for s in self.seeds if str(s) in rounds]
             records = {
                 (arm, s): read_json(os.path.join(self.workdir, f"{arm}_s{s}", "arm.json"), "the arm's record")
-                for arm in ARMS
+                for arm in self.arms
                 for s in done
             }
             per_step = max(
@@ -182,8 +189,8 @@ class Study:
             )
             probe = max(sum(r[f"probe_{p}_seconds"] for p in PROBES) for r in records.values())
             seeds_left = len(self.seeds) - len(done)
-            left = self.budget * 60 - (time.time() - self.start) - seeds_left * len(ARMS) * probe
-            fit = int(SAFETY * left / (seeds_left * (len(ARMS) - 1) * per_step))
+            left = self.budget * 60 - (time.time() - self.start) - seeds_left * len(self.arms) * probe
+            fit = int(SAFETY * left / (seeds_left * (len(self.arms) - 1) * per_step))
             steps = max(1, min(steps, fit))
             if steps != plan["steps"]:
                 say(
@@ -218,6 +225,8 @@ class Study:
             pcfg = load_config_file(f"{self.probe_config}:{variants}")
             pcfg.init_from = folder
             pcfg.seed = seed
+            if probe == "attentive":
+                pcfg.probe.eval_token_budgets = self.eval_budgets
             pcfg = apply_assignments(pcfg, self.probe_overrides)
             start = time.time()
             run_probe(pcfg, os.path.join(folder, f"probe_{probe}"))
@@ -231,7 +240,7 @@ class Study:
         plan = self.plan(source)
         for seed in self.seeds:
             steps = self.round_steps(plan, seed)
-            for arm in ARMS:
+            for arm in self.arms:
                 self.run_arm(arm, seed, source, steps)
         meta = {
             "date": datetime.date.today().isoformat(),
@@ -240,7 +249,7 @@ class Study:
             "plan": plan,
             "session_seconds": time.time() - self.start,
         }
-        study = write_report(self.workdir, ARMS, self.seeds, meta)
+        study = write_report(self.workdir, self.arms, self.seeds, meta)
         say(f"study: {os.path.join(self.workdir, 'study.json')}, {os.path.join(self.workdir, 'report.md')}")
         return study
 
