@@ -4,6 +4,10 @@ bytes per example. Prints a readable line and a JSON line.
   python scripts/benchmark_input.py --source folder:../shared/datasets/clothing-small \
       --transforms random_crop_native,native_aspect_ratio_resize,horizontal_flip --num_workers 2
 
+Native resolution: --token_budgets 16,32,64,128 with --transforms ending in fit_to_token_budget, and
+--packing first_fit (rows of --max_tokens); images then count images, not rows, and the JSON line adds the
+rows' padding share.
+
 'per CPU-second' divides by the CPU time the pipeline's processes used (main + workers), so it stays
 meaningful on a machine shared with other jobs; 'per worker core' divides the wall-clock rate by the
 number of worker processes (or 1 without workers).
@@ -52,6 +56,11 @@ def main() -> None:
         "--jpeg_draft", type=int, default=1, help="1: decode large JPEGs at a reduced DCT scale"
     )
     parser.add_argument("--resample", default="box_bilinear", help="box_bilinear | bicubic")
+    parser.add_argument("--token_budgets", default="", help="data.token_budgets, comma-separated ('': none)")
+    parser.add_argument("--token_budget_sampling", default="uniform", help="uniform | log_uniform")
+    parser.add_argument("--packing", default="none", help="data.packing: none | first_fit | best_fit")
+    parser.add_argument("--max_images_per_row", type=int, default=8)
+    parser.add_argument("--packing_bins", type=int, default=128)
     parser.add_argument(
         "--profile_examples",
         type=int,
@@ -66,20 +75,26 @@ def main() -> None:
     cfg.image_size, cfg.max_tokens = args.image_size, args.max_tokens
     cfg.num_workers, cfg.read_threads = args.num_workers, args.read_threads
     cfg.jpeg_draft, cfg.resample = bool(args.jpeg_draft), args.resample
+    cfg.token_budgets = tuple(int(b) for b in args.token_budgets.split(",") if b)
+    cfg.token_budget_sampling, cfg.packing = args.token_budget_sampling, args.packing
+    cfg.max_images_per_row, cfg.packing_bins = args.max_images_per_row, args.packing_bins
     validate_data_config(cfg, args.patch_size)
     it = make_train_iterator(cfg, patch_size=args.patch_size, global_batch_size=args.batch_size, seed=0)
     for _ in range(args.warmup):
         next(it)
     me = psutil.Process()
     runs = []  # (wall seconds, CPU seconds) per repeat
-    nbytes = 0
+    nbytes, images, real_tokens, row_tokens = 0, 0, 0, 0
     for _ in range(args.repeats):
         cpu0, t0 = _cpu_seconds(me), time.perf_counter()
         for _ in range(args.batches):
             batch = next(it)
             nbytes += sum(np.asarray(v).nbytes for v in batch.values())
+            images += int(np.sum(batch["length"] > 0))
+            real_tokens += int(np.sum(batch["length"]))
+            row_tokens += batch["patches"].shape[0] * batch["patches"].shape[1]
         runs.append((time.perf_counter() - t0, _cpu_seconds(me) - cpu0))
-    images = args.batches * args.batch_size
+    images //= args.repeats  # per repeat
     wall = float(np.median([w for w, _ in runs]))
     cpu = float(np.median([c for _, c in runs]))
     result = {
@@ -91,6 +106,10 @@ def main() -> None:
         "images_per_cpu_sec": images / cpu if cpu > 0 else None,
         "best_images_per_sec": images / min(w for w, _ in runs),
         "bytes_per_example": nbytes / (images * args.repeats),
+        "token_budgets": list(cfg.token_budgets),
+        "packing": cfg.packing,
+        "pad_fraction": 1 - real_tokens / row_tokens,
+        "real_tokens_per_image": real_tokens / (images * args.repeats),
         "images_per_repeat": images,
         "repeats": args.repeats,
     }

@@ -5,7 +5,10 @@ device's measured matmul peak (FLOP convention in naraim/train/flops.py).
       [--profile=DIR]   # DIR/plugins/profile/*/: per-op times (Perfetto, TensorBoard)
 
 Batches are random uint8 patches at the full token budget, already on the device (the input pipeline is
-measured separately by scripts/benchmark_input.py).
+measured separately by scripts/benchmark_input.py). With --data_batches=K the timed steps cycle through K
+batches of the config's own input pipeline instead (token budgets and packing included), also put on the
+device beforehand: images/s then counts the images those batches hold, tokens/s their real tokens, and
+pad_fraction is their rows' padding share.
 """
 
 import json
@@ -20,6 +23,7 @@ from absl import flags
 
 from naraim.cli import run_main
 from naraim.data.config import token_budget
+from naraim.data.pipeline import make_train_iterator
 from naraim.infra.flags import define_config_flag, parse_flags
 from naraim.infra.mesh import global_batch, make_mesh
 from naraim.infra.optimizer import make_optimizer
@@ -33,6 +37,9 @@ from naraim.train.step import init_state, make_train_step
 _CONFIG = define_config_flag()
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps (after warm-up steps)")
 _PROFILE = flags.DEFINE_string("profile", "", "if set, a jax.profiler trace of 3 more steps is written here")
+_DATA_BATCHES = flags.DEFINE_integer(
+    "data_batches", 0, "time on this many batches of cfg.data's training pipeline (0: random full batches)"
+)
 
 
 def _page_faults() -> int:
@@ -64,7 +71,14 @@ def main() -> None:
     optimizer, schedule = make_optimizer(cfg.optim, cfg.total_steps)
     state, shardings = init_state(model, optimizer, cfg, mesh)
     step = make_train_step(model, optimizer, schedule, cfg, mesh, shardings)
-    batch = global_batch(random_batch(cfg, np.random.default_rng(0)), mesh)
+    p = get_size(cfg.model.variant)["patch"]
+    if _DATA_BATCHES.value:
+        it = make_train_iterator(cfg.data, patch_size=p, global_batch_size=cfg.batch_size, seed=cfg.seed)
+        local = [next(it) for _ in range(_DATA_BATCHES.value)]
+    else:
+        local = [random_batch(cfg, np.random.default_rng(0))]
+    batches = [global_batch(b, mesh) for b in local]
+    batch = batches[0]
     dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
     peak_before = matmul_peak_flops(dtype)
     on_cpu = jax.default_backend() == "cpu"
@@ -75,14 +89,14 @@ def main() -> None:
     # no new host memory: the CPU allocator then reuses its blocks
     for _ in range(5):
         faults_before = _page_faults()
-        for _ in range(_STEPS.value):
-            state, metrics = step(state, batch)
+        for i in range(_STEPS.value):
+            state, metrics = step(state, batches[i % len(batches)])
         jax.block_until_ready(state)
         if _page_faults() - faults_before < 1000:
             break
     faults_before, start = _page_faults(), time.perf_counter()
-    for _ in range(_STEPS.value):
-        state, metrics = step(state, batch)
+    for i in range(_STEPS.value):
+        state, metrics = step(state, batches[i % len(batches)])
     jax.block_until_ready(state)
     step_time = (time.perf_counter() - start) / _STEPS.value
     faults_per_step = (_page_faults() - faults_before) / _STEPS.value
@@ -95,6 +109,9 @@ def main() -> None:
     size = get_size(cfg.model.variant)
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(state["params"]))
     n = token_budget(cfg.data, size["patch"])
+    timed = [local[i % len(local)] for i in range(_STEPS.value)]  # the batches the timed steps ran
+    images = float(np.mean([np.sum(b["length"] > 0) for b in timed])) * jax.process_count()
+    real_tokens = float(np.mean([np.sum(b["length"]) for b in timed])) * jax.process_count()
     flops = train_flops_per_step(num_params, cfg.batch_size, n, size["depth"], size["width"])
     # best of a measurement before and after the timed steps (a busy machine lowers either)
     peak = max(peak_before, matmul_peak_flops(dtype)) * jax.device_count()
@@ -107,8 +124,11 @@ def main() -> None:
         "tokens": n,
         "params": int(num_params),
         "step_time_s": step_time,
-        "images_per_sec": cfg.batch_size / step_time,
-        "tokens_per_sec": cfg.batch_size * n / step_time,
+        "images_per_step": images,
+        "pad_fraction": 1 - real_tokens / (cfg.batch_size * n),
+        "images_per_sec": images / step_time,
+        "tokens_per_sec": real_tokens / step_time,
+        "padded_tokens_per_sec": cfg.batch_size * n / step_time,
         "model_gflop_per_step": flops / 1e9,
         "xla_gflop_per_step": None if xla_flops is None else float(xla_flops) / 1e9,
         "model_gflop_per_sec": flops / step_time / 1e9,

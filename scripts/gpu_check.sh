@@ -6,7 +6,8 @@
 # OUT_DIR (default: $OUT or runs/gpu_check) receives gpu_check.json and the logs. BENCHMARK_JPEGS (default:
 # data/imagenet_like) is a folder written by scripts/make_benchmark_jpegs.py; the input check is skipped
 # when it is absent. Installs nothing: run it where naraim's dependencies are installed (or on PYTHONPATH).
-#   1. the GPU tests (cuDNN attention against the einsum core) and the model tests
+#   1. the GPU tests (cuDNN attention against the einsum core, no leak across packed images) and the model
+#      and packing tests
 #   2. ViT-B/14 bf16 training step at batch 256: cuDNN and XLA attention, and the float32 residual stream of
 #      configs/naraim_b14.py against a bfloat16 one
 #   3. the input pipeline with 14 workers on the benchmark JPEGs (NARAIM's training transforms)
@@ -33,8 +34,8 @@ EOF
 record meta "$(python -c "import jax, json, subprocess, datetime; print(json.dumps({'date': datetime.date.today().isoformat(), 'commit': subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip() or 'unknown', 'device': jax.devices()[0].device_kind, 'jax': jax.__version__}))")"
 
 echo "== 1. GPU and model tests"
-timeout 150 python -m pytest -q -p no:cacheprovider tests/test_attention_gpu.py tests/test_attention.py \
-  tests/test_model_forward.py tests/test_model_precision.py 2>&1 | tee "$out/tests.log" | tail -3
+timeout 240 python -m pytest -q -p no:cacheprovider tests/test_attention_gpu.py tests/test_attention.py \
+  tests/test_model_forward.py tests/test_model_precision.py tests/test_packing_model.py 2>&1 | tee "$out/tests.log" | tail -3
 record tests "$(tail -1 "$out/tests.log" | python -c 'import json, sys; print(json.dumps(sys.stdin.read().strip()))')"
 
 echo "== 2. B/14 bf16 training step, batch 256"

@@ -20,7 +20,7 @@ def stage_seconds(
 ) -> dict[str, float]:
     """CPU seconds per example of each stage (STAGES) over the first `num_examples` training examples; bad
     examples are left out."""
-    loader = make_loader(data_cfg, data_cfg.train_split, data_cfg.transforms, patch_size, 0)
+    loader = make_loader(data_cfg, data_cfg.train_split, data_cfg.transforms, patch_size, 0, training=True)
     totals, count = dict.fromkeys(STAGES, 0.0), 0
     limits = dict(patch_size=patch_size, max_tokens=loader.max_tokens)
     for i in range(min(num_examples, len(loader.source))):
