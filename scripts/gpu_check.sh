@@ -9,7 +9,8 @@
 #   1. the GPU tests (cuDNN attention against the einsum core, no leak across packed images) and the model
 #      and packing tests
 #   2. ViT-B/14 bf16 training step at batch 256: cuDNN and XLA attention, and the float32 residual stream of
-#      configs/naraim_b14.py against a bfloat16 one
+#      configs/naraim_b14.py against a bfloat16 one; configs/naraim_b14.py:native (rows of 1,024 tokens)
+#      on the benchmark JPEGs, one image per row and packed
 #   3. the input pipeline with 14 workers on the benchmark JPEGs (NARAIM's training transforms)
 #   4. a 300-step pre-training of B/14 on synthetic images, SIGKILLed after a checkpoint and resumed
 set -uo pipefail
@@ -50,6 +51,17 @@ bench cudnn_f32_residual
 bench xla_f32_residual --config.model.attention_impl=xla
 bench cudnn_bf16_residual --config.model.residual_dtype=
 bench cudnn_bf16_residual_per_patch --config.model.residual_dtype= --config.loss.average=per_patch
+
+if [ -d "$jpegs" ]; then  # native resolution at N = 1,024 on real photos: one image per row, then packed
+  for packing in none first_fit; do
+    name="native_$packing"
+    timeout 150 python scripts/benchmark_train.py --config configs/naraim_b14.py:native \
+      --config.data.source="folder:$jpegs" --config.data.packing=$packing --config.batch_size=64 \
+      --data_batches 4 --steps 20 > "$out/step_$name.json" 2> "$out/step_$name.log" \
+      && record "step_$name" "$(cat "$out/step_$name.json")" \
+      || record "step_$name" "\"failed: $(tail -1 "$out/step_$name.log" | tr '"' "'")\""
+  done
+fi
 
 echo "== 3. input pipeline, 14 workers"
 if [ -d "$jpegs" ]; then
