@@ -105,11 +105,11 @@ def test_packing_leaves_less_padding_than_one_image_per_row():
     assert packed < one_per_row / 2, (packed, one_per_row)
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-@pytest.mark.parametrize("after", [1, 2, 5])  # mid-window (4 rows: 2 batches), at its end, after an epoch
+@pytest.mark.parametrize(
+    "num_workers,after",  # mid-window (4 rows: 2 batches), at its end, after an epoch boundary
+    [(0, 1), (0, 2), (0, 5), pytest.param(2, 5, marks=pytest.mark.slow)],  # workers: seconds to start
+)
 def test_packed_iterator_state_restores_exactly(num_workers, after):
-    if num_workers and after != 5:
-        pytest.skip("worker processes: one restore point (each start costs seconds)")
     cfg = _cfg(train_size=9, packing="first_fit", packing_bins=4, num_workers=num_workers)
     it = _train(cfg)
     for _ in range(after):

@@ -30,6 +30,7 @@ def test_a_budget_sizes_every_evaluation_image_to_at_most_that_many_patches(work
             assert batch["length"].max() >= 12
 
 
+@pytest.mark.slow
 def test_the_probe_reports_each_budget_and_its_aspect_ratio_bins(workdir, tmp_path, monkeypatch):
     seen = []  # (rows' tokens, longest image) of every validation batch the probe evaluated
 

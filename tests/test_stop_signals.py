@@ -99,6 +99,7 @@ class _SignalAfterThirdStep:
         return out
 
 
+@pytest.mark.slow
 def test_a_ctrl_c_during_a_training_step_saves_the_state_the_step_returns(tmp_path, monkeypatch):
     real = trainer.make_train_step
     monkeypatch.setattr(trainer, "make_train_step", lambda *a: _SignalAfterThirdStep(real(*a)))

@@ -27,6 +27,7 @@ TINY = [
             "data.synthetic.validation_size=16",
             "eval.num_examples=8",
             "eval.batch_size=8",
+            "eval.fewshot.num_eval_examples=16",
             "progress_bar=False",
         )
     ),

@@ -28,6 +28,7 @@ ARGS = [
     "--config.eval.num_examples=8",
     "--config.eval.batch_size=8",
     "--config.eval.num_images=2",
+    "--config.eval.fewshot.num_eval_examples=16",  # the few-shot path resumes too, on a few images
     "--config.optim.warmup_steps=2",
     "--config.optim.cooldown_steps=2",
 ]
@@ -93,3 +94,8 @@ def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, extra):
         return [(x["step"], x["split"], x["loss"], x.get("lr")) for x in lines]
 
     assert records(killed) == records(reference)
+    # train rows count images, not rows: more than one image a row when packed
+    rows = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    images = [r["images"] for r in rows if r["split"] == "train"]
+    assert all(n > 8 for n in images) if extra else all(n == 8 for n in images)
+    assert all(0 <= r["pad_fraction"] < 1 for r in rows if r["split"] == "train")

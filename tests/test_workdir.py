@@ -39,6 +39,7 @@ def tiny(total_steps: int = 4, **overrides):
     cfg.data.update(image_size=32, max_tokens=16)
     cfg.data.synthetic.update(train_size=64, validation_size=16)
     cfg.eval.update(num_examples=8, batch_size=8, num_images=0)
+    cfg.eval.fewshot.enabled = False  # tested in test_fewshot.py; here it would only add time
     cfg.optim.update(warmup_steps=1, cooldown_steps=1)
     for key, value in overrides.items():
         section, _, name = key.rpartition(".")
