@@ -133,6 +133,22 @@ def test_feature_specs_parse_and_select_blocks_or_the_mean_of_the_last_k():
     np.testing.assert_allclose(mean2, 0.5)
 
 
+
+def test_a_block_range_is_the_mean_of_those_blocks_as_in_aims_tables():
+    """AIM reports the mean of blocks 14-19 of 24; 'first-last' is that spec, named mean_first-last."""
+    assert F.parse_blocks("14-19,mean,14-19", 24) == ((14, 19), F.MEAN)
+    assert F.spec_name((14, 19), 6) == "mean_14-19"
+    for bad, match in [("3-1", "first <= last"), ("2-8", "first <= last"), ("1-x", "not a block index")]:
+        with pytest.raises(UserError, match=match):
+            F.parse_blocks(bad, 8)
+    inter = {f"block_{i}": jnp.full((1, 2, 3), float(i)) for i in range(8)}
+    specs = ((2, 4), 7, (5, 5))
+    blocks = F.needed_blocks(specs, 8, last_k=6)
+    assert blocks == (2, 3, 4, 5, 7)
+    feats = F.spec_features(F.block_stack(inter, blocks), specs, blocks, depth=8, last_k=6)
+    np.testing.assert_allclose(feats[:, 0, 0, 0], [3.0, 7.0, 5.0])
+
+
 def test_reference_probe_head_has_qkv_out_biases_and_masks_padding():
     """The NARAIM reference's head: a query through multi-head attention with q/k/v/out projections and
     biases, no BatchNorm; padding (content and budget) never changes its logits."""

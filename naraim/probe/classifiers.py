@@ -52,7 +52,7 @@ class Sweep:
     backbone: ViT
     head: nn.Module
     attention: str
-    specs: tuple[int | str, ...]
+    specs: tuple[F.Spec, ...]
     lrs: tuple[float, ...]
     last_k: int
     pooled: bool = False

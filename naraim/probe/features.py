@@ -1,7 +1,8 @@
 """Which backbone features a frozen probe reads: feature specs, parsed from `probe.blocks`.
 
-A spec is a block index (the block's output, before the final LayerNorm) or MEAN (the mean of the last
-`last_k` blocks' outputs, AIM's default input). The backbone is run once per batch; the blocks the specs
+A spec is a block index (the block's output, before the final LayerNorm), MEAN (the mean of the last
+`last_k` blocks' outputs, AIM's default input) or a range (first, last) of blocks whose outputs are averaged
+(written 'first-last', e.g. AIM's '14-19'). The backbone is run once per batch; the blocks the specs
 need are stacked into [B, nb, N, D] (what the attentive probe's feature cache stores), or mean-pooled over
 the real tokens into [B, nb, D] (the linear probe's and kNN's), and each spec is read off that stack.
 
@@ -28,22 +29,37 @@ from naraim.probe.results import local_rows
 MEAN = "mean"
 
 
-def parse_blocks(spec: str, depth: int, key: str = "probe.blocks") -> tuple[int | str, ...]:
-    """'mean' | 'all' | comma-separated block indices (negative from the end) and/or 'all' / 'mean' ->
-    the feature specs in the order given (duplicates dropped): indices in [0, depth) and/or MEAN."""
-    specs: list[int | str] = []
+Spec = int | str | tuple[int, int]
+
+
+def _block_range(part: str, spec: str, depth: int, key: str) -> tuple[int, int]:
+    first, last = (int(x) for x in part.split("-"))
+    if not 0 <= first <= last < depth:
+        raise UserError(
+            f"{key}={spec!r}: the range {part!r} needs 0 <= first <= last < {depth} (the backbone's blocks)"
+        )
+    return first, last
+
+
+def parse_blocks(spec: str, depth: int, key: str = "probe.blocks") -> tuple[Spec, ...]:
+    """'mean' | 'all' | comma-separated block indices (negative from the end), block ranges 'first-last'
+    (the mean of those blocks' outputs) and/or 'all' / 'mean' -> the feature specs in the order given
+    (duplicates dropped): indices in [0, depth), (first, last) pairs and/or MEAN."""
+    specs: list[Spec] = []
     for part in (p.strip() for p in str(spec).split(",")):
         if part == MEAN:
-            items: list[int | str] = [MEAN]
+            items: list[Spec] = [MEAN]
         elif part == "all":
             items = list(range(depth))
+        elif part.count("-") == 1 and not part.startswith("-") and all(x.isdigit() for x in part.split("-")):
+            items = [_block_range(part, spec, depth, key)]
         else:
             try:
                 index = int(part)
             except ValueError:
                 raise UserError(
-                    f"{key}={spec!r}: {part!r} is not a block index, 'all' or 'mean'; e.g. 'all,mean' "
-                    "or '0,-1'"
+                    f"{key}={spec!r}: {part!r} is not a block index, a range 'first-last', 'all' or "
+                    "'mean'; e.g. 'all,mean', '0,-1' or '14-19'"
                 ) from None
             if not -depth <= index < depth:
                 raise UserError(
@@ -57,17 +73,25 @@ def parse_blocks(spec: str, depth: int, key: str = "probe.blocks") -> tuple[int 
     return tuple(specs)
 
 
-def spec_name(spec: int | str, last_k: int) -> int | str:
-    """How results name a spec: the block index, or 'mean_last_<k>'."""
+def spec_name(spec: Spec, last_k: int) -> int | str:
+    """How results name a spec: the block index, 'mean_last_<k>' or 'mean_<first>-<last>'."""
+    if isinstance(spec, tuple):
+        return f"mean_{spec[0]}-{spec[1]}"
     return f"mean_last_{last_k}" if spec == MEAN else int(spec)
 
 
-def needed_blocks(specs: tuple[int | str, ...], depth: int, last_k: int) -> tuple[int, ...]:
+def _spec_blocks(spec: Spec, depth: int, last_k: int) -> range:
+    """The blocks a spec averages (one for a block index)."""
+    if isinstance(spec, tuple):
+        return range(spec[0], spec[1] + 1)
+    if spec == MEAN:
+        return range(depth - max(1, min(last_k, depth)), depth)
+    return range(spec, spec + 1)
+
+
+def needed_blocks(specs: tuple[Spec, ...], depth: int, last_k: int) -> tuple[int, ...]:
     """The sorted block indices the specs read (MEAN reads the last min(last_k, depth) blocks)."""
-    blocks = {s for s in specs if s != MEAN}
-    if MEAN in specs:
-        blocks.update(range(depth - max(1, min(last_k, depth)), depth))
-    return tuple(sorted(blocks))
+    return tuple(sorted({b for s in specs for b in _spec_blocks(s, depth, last_k)}))
 
 
 def block_stack(intermediates: dict[str, jax.Array], blocks: tuple[int, ...]) -> jax.Array:
@@ -88,18 +112,17 @@ def mean_pool(stack: jax.Array, length: jax.Array) -> jax.Array:
 
 
 def spec_features(
-    stack: jax.Array, specs: tuple[int | str, ...], blocks: tuple[int, ...], depth: int, last_k: int
+    stack: jax.Array, specs: tuple[Spec, ...], blocks: tuple[int, ...], depth: int, last_k: int
 ) -> jax.Array:
     """[F, B, ...]: each spec's features read off a block stack [B, nb, ...] of `blocks` (tokens [N, D] or
     mean-pooled [D]: the mean over blocks commutes with the mean over tokens)."""
     out = []
     for spec in specs:
-        if spec == MEAN:
-            k = max(1, min(last_k, depth))
-            rows = [blocks.index(i) for i in range(depth - k, depth)]
-            out.append(jnp.mean(stack[:, rows], axis=1))
-        else:
+        if isinstance(spec, int):
             out.append(stack[:, blocks.index(spec)])
+        else:
+            rows = [blocks.index(i) for i in _spec_blocks(spec, depth, last_k)]
+            out.append(jnp.mean(stack[:, rows], axis=1))
     return jnp.stack(out)
 
 
