@@ -27,6 +27,8 @@ architecture (model.*) and the data recipe (data.*) are read from that run's con
   small         sized for configs/small.py pre-trainings on a 2-core CPU (scripts/study.py): features cached
                 once (evaluation transforms), every block and the mean of the last blocks at 2 learning
                 rates selected on a 10% minival split, 400 steps of batch 128; combine with linear or knn.
+  released      the attentive head released with AIMv1 weights (scripts/import_weights.py keeps it), evaluated
+                as it is, without training, on the mean of the last 6 blocks as AIM's tables.
   demo          sized for the demo pre-training (configs/demo.py) on a 2-core CPU: 12,000 synthetic training
                 images without augmentation (features computed once and cached), every block at 2 learning
                 rates selected on minival, a head with 16 heads and the MAP MLP, 3,000 steps of batch 64.
@@ -130,6 +132,13 @@ def _demo(c):
     c.eval.max_examples = 1_000
 
 
+def _released(c):
+    c.probe.released_head = True
+    c.total_steps = 0
+    c.optim.warmup_steps = 0
+    c.probe.minival_fraction = 0.0
+
+
 # applied in this order, whatever order the command line names them in (a protocol before what sizes it)
 VARIANTS = {
     "naraim": _naraim,
@@ -142,6 +151,7 @@ VARIANTS = {
     "darl_finetune_long": _darl_finetune_long,
     "small": _small,
     "demo": _demo,
+    "released": _released,
 }
 
 

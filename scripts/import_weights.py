@@ -3,7 +3,9 @@
 
 aim_v1: Apple's AIMv1 (ml-aim's torch checkpoints; --variant 600m, 1b, 3b or 7b). RUN gets config.json
 (AIMv1's architecture, AIM's square data geometry at --image_size) and its trunk as checkpoint 0, so
-load_backbone(RUN) and probe.py --config.init_from=RUN read it (docs/interop.md). FILE is a .safetensors
+load_backbone(RUN) and probe.py --config.init_from=RUN read it (docs/interop.md), and the released
+probe head where the checkpoint has one (RUN/probe_head.safetensors, which configs/probe.py:released
+evaluates). FILE is a .safetensors
 file (read with safetensors' numpy API) or, with torch installed, a .pth/.pt read with torch.load(...,
 weights_only=True) only: nothing is unpickled.
 """
@@ -57,7 +59,11 @@ def main() -> None:
     params = aim_v1.backbone_params(state, variant)
     write_config(args.out, aim_v1.run_config(variant, args.image_size))
     write_params(os.path.join(args.out, CHECKPOINT_DIR), 0, {"backbone": params})
-    print(f"imported {args.checkpoint} as {variant} into {args.out} (checkpoint 0)")
+    head = aim_v1.probe_head(state, variant)
+    if head is not None:
+        aim_v1.save_head(args.out, head)
+    with_head = ", the released probe head" if head is not None else ""
+    print(f"imported {args.checkpoint} as {variant} into {args.out} (checkpoint 0{with_head})")
 
 
 if __name__ == "__main__":

@@ -218,6 +218,7 @@ CONFIG_VARIANTS = {
         "small,knn",
         "darl_linear,sweep",
         "naraim,sweep",
+        "released",
     ],
 }
 

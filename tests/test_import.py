@@ -2,6 +2,7 @@
 model with random weights, recorded by scripts/record_reference.py aim_v1 at the ml-aim commit in its
 .json)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,14 +10,17 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from probe_helpers import ROOT
+from probe_helpers import ROOT, load_config
 from safetensors.numpy import save_file
 
 from naraim import load_backbone
+from naraim.data.pipeline import make_eval_iterator
 from naraim.data.tokens import to_tokens
+from naraim.errors import UserError
 from naraim.interop.aim_v1 import backbone_params, model_overrides, probe_head
 from naraim.model.vit import make_backbone
 from naraim.probe.heads import ProbeHead
+from naraim.probe.runner import prepare, run_probe
 
 FIXTURE = dict(np.load(os.path.join(ROOT, "tests", "fixtures", "aim_v1_reference.npz")))
 STATE = {k.removeprefix("param."): v for k, v in FIXTURE.items() if k.startswith("param.")}
@@ -75,3 +79,40 @@ def test_import_script_writes_a_run_that_load_backbone_and_probes_read(tmp_path)
         text=True,
     )
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0
+
+
+def test_the_released_head_is_evaluated_as_released_without_training(tmp_path):
+    """Imported with its head, probed with configs/probe.py:released: no step is trained, and the reported
+    top-1 is the released head's own on the mean of the last blocks (ml-aim's), recomputed here. Its
+    BatchNorm variance is made small, so that its predictions differ from image to image (and from a fresh
+    head's)."""
+    state = dict(STATE, **{"head.bn.running_var": np.full_like(STATE["head.bn.running_var"], 1e-4)})
+    checkpoint = tmp_path / "aim.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(checkpoint))
+    out = tmp_path / "imported"
+    command = [sys.executable, os.path.join(ROOT, "scripts", "import_weights.py"), "--format", "aim_v1"]
+    args = ["--checkpoint", str(checkpoint), "--variant", "Nano/14", "--out", str(out), "--image_size", "56"]
+    r = subprocess.run([*command, *args], capture_output=True, text=True)
+    assert r.returncode == 0 and "released probe head" in r.stdout, r.stderr
+    cfg = load_config("probe", "released")
+    cfg.init_from, cfg.progress_bar, cfg.batch_size = str(out), False, 8
+    cfg.data.source = "synthetic"
+    cfg.data.synthetic = dict(num_classes=5, train_size=16, validation_size=20)
+    results = run_probe(cfg, str(tmp_path / "probe"))
+    assert not any(json.loads(x)["split"] == "train" for x in open(tmp_path / "probe" / "metrics.jsonl"))
+    resolved = prepare(cfg)[0]
+    head, vit = probe_head(state, "Nano/14"), make_backbone(resolved.model)
+    params = backbone_params(STATE, "Nano/14")
+    correct, predicted = [], []
+    for batch in make_eval_iterator(resolved.data, split="validation", patch_size=14, global_batch_size=8):
+        inputs = [jnp.asarray(batch[k]) for k in ("patches", "coords", "grid", "length")]
+        _, inter = vit.apply({"params": params}, *inputs, attention="bidirectional")
+        mean = (inter["block_0"] + inter["block_1"]) / 2  # the mean of the last 6 blocks of 2
+        logits = ProbeHead(5, 2).apply(head, mean, inputs[3], False)
+        correct += list((np.argmax(logits, -1) == batch["label"])[batch["valid"]])
+        predicted += np.asarray(np.argmax(logits, -1))[batch["valid"]].tolist()
+    assert results["num_examples"] == len(correct) == 20
+    assert results["top1"] == pytest.approx(np.mean(correct)) and len(set(predicted)) > 2
+    cfg.data.synthetic.num_classes = 4  # a head of 5 classes on a 4-class source: one clear line
+    with pytest.raises(UserError, match="does not fit the head"):
+        run_probe(cfg, str(tmp_path / "probe4"))

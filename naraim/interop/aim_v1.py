@@ -7,11 +7,16 @@ of naraim's sincos_1d); naraim's absolute_sincos_2d puts the row half first, so 
 factorised 'learned' table with row_table[r] = [0, sincos(r)] and col_table[c] = [sincos(c), 0]: exactly
 ml-aim's table, on any grid up to LEARNED_SIDE patches a side. The attentive probe head
 (AttentionPoolingClassifier: cls_token, k, v, linear without bias, BatchNorm running statistics) maps onto
-naraim's ProbeHead.
+naraim's ProbeHead; the import keeps it as RUN/probe_head.safetensors, which configs/probe.py:released
+evaluates as released.
 """
 
+import os
+
 import numpy as np
+from flax import traverse_util
 from ml_collections import ConfigDict
+from safetensors.numpy import load_file, save_file
 
 from naraim.errors import UserError
 from naraim.model import posemb
@@ -113,6 +118,26 @@ def probe_head(state: dict[str, np.ndarray], variant: str) -> dict | None:
             "bn": {"mean": _get(state, "head.bn.running_mean"), "var": _get(state, "head.bn.running_var")}
         },
     }
+
+
+HEAD_FILE = "probe_head.safetensors"  # in an imported run: the released probe head's variables
+
+
+def save_head(run: str, variables: dict) -> None:
+    """Writes a probe head's {'params', 'batch_stats'} as RUN/HEAD_FILE (keys joined with '/')."""
+    flat = traverse_util.flatten_dict(variables, sep="/")
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()}, os.path.join(run, HEAD_FILE))
+
+
+def load_head(run: str) -> dict:
+    """The {'params', 'batch_stats'} that save_head wrote in RUN; UserError when RUN has none."""
+    path = os.path.join(run, HEAD_FILE)
+    if not os.path.isfile(path):
+        raise UserError(
+            f"{run} has no released probe head ({HEAD_FILE}): import weights that hold one with "
+            "scripts/import_weights.py, or probe without probe.released_head"
+        )
+    return traverse_util.unflatten_dict(load_file(path), sep="/")
 
 
 def run_config(variant: str, image_size: int = 224) -> ConfigDict:

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
+from naraim.errors import UserError
+from naraim.interop.aim_v1 import load_head
 from naraim.model.model import MODEL_INPUTS
 from naraim.model.sizes import get_size
 from naraim.model.vit import ViT
@@ -152,3 +154,23 @@ def make_classifier(cfg: ConfigDict, backbone: ViT, num_classes: int) -> Classif
         "finetune", cfg.finetune.descriptor, num_classes, heads, cfg.probe.use_map_mlp, cfg.probe.head
     )
     return Classifier(backbone, head, cfg.attention, bool(cfg.model.get("drop_path", 0.0)))
+
+
+def released_head(cfg: ConfigDict, sw: Sweep, params: dict, stats: dict) -> tuple[dict, dict]:
+    """The released head of init_from's run in the sweep's one-head layout [1, 1, ...]; UserError unless it
+    has the shapes of the head this config builds (classes, width, heads)."""
+    head = load_head(cfg.init_from.removesuffix(":best"))
+    if len(sw.specs) != 1:
+        raise UserError(f"probe.released_head reads one feature spec; probe.blocks={cfg.probe.blocks!r}")
+    loaded = (head["params"], head.get("batch_stats", {}))
+    built = (jax.tree.map(lambda x: x[0, 0], params), jax.tree.map(lambda x: x[0, 0], stats))
+    shapes = jax.tree.map(lambda x: x.shape, built)
+    if (
+        jax.tree.structure(loaded) != jax.tree.structure(built)
+        or jax.tree.map(lambda x: x.shape, loaded) != shapes
+    ):
+        raise UserError(
+            "the released probe head does not fit the head this probe builds (its classes, width or heads "
+            "differ): probe a source with the head's classes, or train a probe instead"
+        )
+    return tuple(jax.tree.map(lambda x: jnp.asarray(x)[None, None], tree) for tree in loaded)

@@ -105,6 +105,11 @@ PROBE_OPTIONS = {
             (10, 20, 100, 200),
             "kNN: neighbours, all in one pass (one result per block and k; minival selects)",
         ),
+        "released_head": Option(
+            False,
+            "evaluate the attentive head released with the imported weights of init_from "
+            "(RUN/probe_head.safetensors, scripts/import_weights.py) as it is: no training (total_steps 0)",
+        ),
         "eval_token_budgets": Option(
             (),
             "also evaluate the selected head with every image sized to each of these patch budgets "
@@ -176,9 +181,17 @@ def validate(cfg: ConfigDict, num_devices: int | None = None) -> None:
     _choice("probe.cache_features", cfg.probe.cache_features, CACHE_MODES)
     _choice("finetune.descriptor", cfg.finetune.descriptor, DESCRIPTORS)
     _choice("wandb.mode", cfg.wandb.mode, WANDB_MODES)
+    released = bool(cfg.probe.released_head)
     for key in ("total_steps", "batch_size", "log_every"):
-        if int(cfg[key]) < 1:
+        if int(cfg[key]) < (0 if key == "total_steps" and released else 1):
             raise UserError(f"{key}={cfg[key]} must be at least 1")
+    if released and (
+        cfg.protocol != "attentive" or cfg.probe.head != "aim" or len(cfg.probe.lrs) > 1 or cfg.total_steps
+    ):
+        raise UserError(
+            "probe.released_head evaluates AIM's released attentive head as it is: use protocol 'attentive', "
+            "probe.head 'aim', one learning rate and total_steps=0 (configs/probe.py:released)"
+        )
     num_devices = jax.device_count() if num_devices is None else num_devices
     for key in ("batch_size", "eval.batch_size"):
         value = cfg.batch_size if key == "batch_size" else (cfg.eval.batch_size or cfg.batch_size)

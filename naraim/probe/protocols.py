@@ -23,7 +23,7 @@ from naraim.model.vit import ViT
 from naraim.probe import config as probe_config
 from naraim.probe import features as F
 from naraim.probe import knn
-from naraim.probe.classifiers import Classifier, Sweep, make_classifier
+from naraim.probe.classifiers import Classifier, Sweep, make_classifier, released_head
 from naraim.probe.features import CacheBatches, compute_cache
 from naraim.probe.finetune import layer_scales, mix_batch, scale_by_layer
 from naraim.probe.heads import make_head
@@ -185,7 +185,8 @@ def frozen(run: RunContext, backbone: ViT, backbone_np: dict, classes: int) -> d
     cfg, mesh = run.cfg, run.mesh
     sw = make_sweep(cfg, backbone, classes)
     backbone_params = jax.device_put(backbone_np, replicated(mesh))
-    cached = use_cache(cfg)
+    released = bool(cfg.probe.released_head)
+    cached = use_cache(cfg) and not released  # nothing trains on a released head
     if cached:
         start = time.time()
         blocks_fn = jax.jit(sw.block_stack)
@@ -209,6 +210,8 @@ def frozen(run: RunContext, backbone: ViT, backbone_np: dict, classes: int) -> d
     else:
         batches = run.train_batches()
     params, stats = sw.init(backbone_params, dummy_batch(cfg, 1), cfg.seed)
+    if released:
+        params, stats = released_head(cfg, sw, params, stats)
     optimizer, schedule = sweep_optimizer(cfg, sw)
     state = jax.device_put(init_state(params, stats, optimizer, cfg.seed, sw.heads), replicated(mesh))
     smoothing = float(cfg.probe.label_smoothing)
