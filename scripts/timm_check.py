@@ -30,6 +30,8 @@ CASES = {
     ),
     "fractional": ({"variant": "Pico/8", "posemb": "fractional"}, (4, 4)),
     "none_unit": ({"variant": "Pico/8", "posemb": "none", "pixel_scale": "unit"}, (2, 6)),
+    "rope_2d": ({"variant": "Pico/8", "posemb": "rope_2d", "use_bias": False, "gelu": "exact"}, (4, 4)),
+    "rope_2d_wide": ({"variant": "Pico/8", "posemb": "rope_2d", "use_bias": False, "gelu": "exact"}, (3, 5)),
 }
 
 

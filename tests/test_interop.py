@@ -118,3 +118,53 @@ def test_export_script_writes_timms_files_and_a_model_card(tmp_path):
     assert card.startswith("---\nlibrary_name: timm\n") and "local-dir:" in card
     bad = run("--workdir", workdir, "--out", str(tmp_path / "x"), "--grid", "2by3")
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "ROWSxCOLS" in bad.stderr
+
+
+def _timm_rope_cat(x: np.ndarray, rows: int, cols: int, temperature: float) -> np.ndarray:
+    """A numpy transcription of timm's Eva rotary embedding ('cat', in_pixels=False, 'ij' grid; timm's
+    build_rotary_pos_embed and apply_rot_embed_cat, not rotate_half) on x [N, H, Dh], N = rows * cols."""
+    dh = x.shape[-1]
+    bands = 1.0 / temperature ** (np.arange(dh // 4, dtype=np.float32) / (dh // 4))  # freq_bands(step=1)
+    grid = np.stack(np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij"), -1).astype(np.float32)
+    pos = (grid[..., None] * bands).reshape(rows * cols, -1)  # [N, 2 * Dh/4]: row bands, then column bands
+    sin, cos = np.repeat(np.sin(pos), 2, -1)[:, None], np.repeat(np.cos(pos), 2, -1)[:, None]
+    rot = np.stack([-x[..., 1::2], x[..., ::2]], -1).reshape(x.shape)  # timm's rot(): pairs (2i, 2i + 1)
+    return x * cos + rot * sin
+
+
+def test_the_rope_channel_order_turns_naraims_rotation_into_timms():
+    """naraim rotates channel pairs (i, i + Dh/2), timm's Eva (2i, 2i + 1): the export reorders q and k
+    channels so that timm's rotation of the reordered vectors is naraim's rotation, reordered."""
+    from naraim.interop.timm import rope_channel_order
+    from naraim.model import posemb
+
+    rows, cols, heads, dh = 3, 5, 2, 16
+    x = np.random.default_rng(0).normal(size=(rows * cols, heads, dh)).astype(np.float32)
+    coords = np.stack(np.divmod(np.arange(rows * cols), cols), -1)[None]
+    angles = posemb.rope_angles_2d(coords, dh, 100.0)
+    naraim = np.asarray(posemb.apply_rope(x[None], angles))[0]
+    order = rope_channel_order(dh)
+    np.testing.assert_allclose(
+        _timm_rope_cat(x[..., order], rows, cols, 100.0), naraim[..., order], atol=1e-5
+    )
+    q, k = naraim, np.asarray(posemb.apply_rope(x[None] * 2 + 1, angles))[0]
+    np.testing.assert_allclose(  # the attention logits are unchanged by the common reordering
+        np.einsum("nhd,mhd->hnm", q[..., order], k[..., order]), np.einsum("nhd,mhd->hnm", q, k), rtol=1e-5
+    )
+
+
+def test_a_rope_2d_backbone_goes_to_evas_layout_and_back():
+    model = {"variant": "Pico/8", "posemb": "rope_2d", "use_bias": False, "gelu": "exact"}
+    cfg, params = _params(model)
+    state = to_timm(params, cfg.model, 4, 4)
+    assert "blocks.0.attn.q_proj.weight" in state and "pos_embed" not in state
+    back = from_timm(state, cfg.model)
+    assert jax.tree.structure(back) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    config = timm_config(cfg.model, 4, 4)
+    assert config["model_args"]["dynamic_img_size"] and not config["pretrained_cfg"]["fixed_input_size"]
+    for bad in ({"gelu": "tanh"}, {"use_bias": True}):
+        cfg, params = _params({**model, **bad})
+        with pytest.raises(ExportError, match="timm's Eva"):
+            to_timm(params, cfg.model, 4, 4)

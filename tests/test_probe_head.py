@@ -133,7 +133,6 @@ def test_feature_specs_parse_and_select_blocks_or_the_mean_of_the_last_k():
     np.testing.assert_allclose(mean2, 0.5)
 
 
-
 def test_a_block_range_is_the_mean_of_those_blocks_as_in_aims_tables():
     """AIM reports the mean of blocks 14-19 of 24; 'first-last' is that spec, named mean_first-last."""
     assert F.parse_blocks("14-19,mean,14-19", 24) == ((14, 19), F.MEAN)

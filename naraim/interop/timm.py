@@ -1,4 +1,4 @@
-"""naraim backbones in timm's VisionTransformer layout (timm 1.0.31), and back.
+"""naraim backbones in timm's VisionTransformer (or, with rope_2d, Eva) layout (timm 1.0.31), and back.
 
 A backbone with an additive position embedding (absolute_sincos_2d, fractional, learned) or none maps
 exactly onto timm's VisionTransformer with class_token=False, global_pool='avg', fc_norm=False,
@@ -9,9 +9,16 @@ output projection [H, Dh, D] a [D, D] weight, and dense kernels are transposed. 
 normalised as the run's model.pixel_scale says (pretrained_cfg mean/std). The features are those of naraim
 with bidirectional attention.
 
-What timm's VisionTransformer cannot carry ends with one line (ExportError): rotary embeddings (rope_1d has
-no timm equivalent; rope_2d maps onto timm's Eva, not written here), a LayerNorm epsilon other than timm's
-1e-6 (its config names norms by string), a patch LayerNorm (model.patch_norm).
+A rope_2d backbone maps onto timm's Eva (rope_type 'cat' on the 'ij' patch grid, no absolute table,
+dynamic_img_size: exact at any grid): both rotate each head's channels by the same angles (the first Dh/4
+with the row, the next Dh/4 with the column, frequencies base^(-i/(Dh/4))), but naraim pairs channel i with
+i + Dh/2 (rotate-half) and timm pairs 2i with 2i + 1 (interleaved), so the q and k projections' output
+channels are reordered per head (rope_channel_order); q . k is unchanged by a common reordering. Eva's MLP
+GELU is exact and it has no key bias, so rope_2d exports need model.gelu='exact' and use_bias=False.
+
+What timm cannot carry ends with one line (ExportError): rope_1d (no timm equivalent), a LayerNorm epsilon
+other than timm's 1e-6 (its config names norms by string), a patch LayerNorm (model.patch_norm), and for
+rope_2d the tanh GELU and biases.
 """
 
 import jax
@@ -26,7 +33,8 @@ from naraim.model.pixels import PIXEL_MEAN, PIXEL_STD
 from naraim.model.sizes import get_size
 
 TIMM_VERSION = "1.0.31"  # the version whose layout this module writes (tests/fixtures/timm_manifest.json)
-EXPORTABLE_POSEMBS = ("absolute_sincos_2d", "fractional", "learned", "none")
+EXPORTABLE_POSEMBS = ("absolute_sincos_2d", "fractional", "learned", "none", "rope_2d")
+EVA_ARCHITECTURE = "vit_medium_patch16_rope_reg1_gap_256"  # an Eva entry point: model_args override it
 
 
 class ExportError(UserError):
@@ -38,8 +46,14 @@ def check_exportable(model_cfg) -> ConfigDict:
     cfg = resolve_model_config(model_cfg)
     if cfg.posemb not in EXPORTABLE_POSEMBS:
         raise ExportError(
-            f"model.posemb={cfg.posemb!r} does not export to timm's VisionTransformer (rope_2d maps onto "
-            "timm's Eva, rope_1d onto nothing): use load_backbone for this run"
+            f"model.posemb={cfg.posemb!r} has no timm equivalent (rope_2d exports to timm's Eva): use "
+            "load_backbone for this run"
+        )
+    if cfg.posemb == "rope_2d" and (cfg.gelu != "exact" or cfg.use_bias):
+        raise ExportError(
+            f"model.posemb='rope_2d' exports to timm's Eva, whose MLP GELU is exact and which has no key "
+            f"bias: model.gelu={cfg.gelu!r} and model.use_bias={bool(cfg.use_bias)} cannot be carried; use "
+            "load_backbone for this run"
         )
     if abs(float(cfg.norm_eps) - 1e-6) > 1e-12:
         raise ExportError(
@@ -80,9 +94,51 @@ def position_table(params: dict, cfg: ConfigDict, rows: int, cols: int) -> np.nd
     return np.asarray(table, np.float32)
 
 
+def rope_channel_order(head_dim: int) -> np.ndarray:
+    """int [Dh]: timm's interleaved channel c of a head is naraim's rotate-half channel order[c] (2i <- i,
+    2i + 1 <- i + Dh/2)."""
+    half = head_dim // 2
+    return np.stack([np.arange(half), np.arange(half) + half], -1).reshape(-1)
+
+
+def _to_eva(params: dict, cfg: ConfigDict) -> dict[str, np.ndarray]:
+    """timm Eva state dict of rope_2d backbone params (no biases: Eva's proj and MLP biases are zero)."""
+    size = get_size(cfg.variant)
+    p, d, h = size["patch"], size["width"], size["heads"]
+    order = rope_channel_order(d // h)
+    out = {
+        "patch_embed.proj.weight": params["embed"]["kernel"].reshape(p, p, 3, d).transpose(3, 2, 0, 1),
+        "patch_embed.proj.bias": params["embed"]["bias"],
+        "norm.weight": params["encoder_norm"]["scale"],
+        "norm.bias": params["encoder_norm"]["bias"],
+    }
+    for i in range(size["depth"]):
+        block, prefix = params[f"block_{i}"], f"blocks.{i}."
+        qkv = block["attn"]["qkv"]["kernel"]  # [D, 3, H, Dh]
+        for j, name in enumerate(("q", "k", "v")):
+            kernel = qkv[:, j][..., order] if name != "v" else qkv[:, j]
+            out[prefix + f"attn.{name}_proj.weight"] = kernel.reshape(d, d).T
+        out[prefix + "attn.proj.weight"] = block["attn"]["out"]["kernel"].reshape(d, d).T
+        out[prefix + "attn.proj.bias"] = np.zeros(d, np.float32)
+        for norm in ("norm1", "norm2"):
+            out[prefix + f"{norm}.weight"], out[prefix + f"{norm}.bias"] = (
+                block[norm]["scale"],
+                block[norm]["bias"],
+            )
+        for fc in ("fc1", "fc2"):
+            kernel = block["mlp"][fc]["kernel"]
+            out[prefix + f"mlp.{fc}.weight"] = kernel.T
+            out[prefix + f"mlp.{fc}.bias"] = np.zeros(kernel.shape[1], np.float32)
+    return out
+
+
 def to_timm(params: dict, model_cfg, rows: int, cols: int) -> dict[str, np.ndarray]:
-    """timm VisionTransformer state dict (float32 numpy) of naraim backbone params for a rows x cols grid."""
+    """timm state dict (float32 numpy) of naraim backbone params for a rows x cols grid: VisionTransformer,
+    or Eva for rope_2d (any grid)."""
     cfg = check_exportable(model_cfg)
+    if cfg.posemb == "rope_2d":
+        eva = _to_eva(jax.tree.map(lambda x: np.asarray(x, np.float32), params), cfg)
+        return {k: np.ascontiguousarray(v, np.float32) for k, v in eva.items()}
     size = get_size(cfg.variant)
     p, d = size["patch"], size["width"]
     params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
@@ -125,6 +181,8 @@ def from_timm(state: dict[str, np.ndarray], model_cfg) -> dict:
     cfg = resolve_model_config(model_cfg)
     size = get_size(cfg.variant)
     p, d, h = size["patch"], size["width"], size["heads"]
+    if cfg.posemb == "rope_2d":
+        return _from_eva(state, cfg)
     params = {
         "embed": {
             "kernel": state["patch_embed.proj.weight"].transpose(2, 3, 1, 0).reshape(p * p * 3, d),
@@ -155,6 +213,67 @@ def from_timm(state: dict[str, np.ndarray], model_cfg) -> dict:
     return params
 
 
+def _from_eva(state: dict[str, np.ndarray], cfg: ConfigDict) -> dict:
+    """naraim rope_2d backbone params of an Eva state dict written by _to_eva."""
+    size = get_size(cfg.variant)
+    p, d, h = size["patch"], size["width"], size["heads"]
+    inverse = np.argsort(rope_channel_order(d // h))
+    params = {
+        "embed": {
+            "kernel": state["patch_embed.proj.weight"].transpose(2, 3, 1, 0).reshape(p * p * 3, d),
+            "bias": state["patch_embed.proj.bias"],
+        },
+        "encoder_norm": {"scale": state["norm.weight"], "bias": state["norm.bias"]},
+    }
+    for i in range(size["depth"]):
+        prefix = f"blocks.{i}."
+        qkv = []
+        for name in ("q", "k", "v"):
+            kernel = state[prefix + f"attn.{name}_proj.weight"].T.reshape(d, h, d // h)
+            qkv.append(kernel[..., inverse] if name != "v" else kernel)
+        params[f"block_{i}"] = {
+            "norm1": {"scale": state[prefix + "norm1.weight"], "bias": state[prefix + "norm1.bias"]},
+            "norm2": {"scale": state[prefix + "norm2.weight"], "bias": state[prefix + "norm2.bias"]},
+            "attn": {
+                "qkv": {"kernel": np.stack(qkv, axis=1)},
+                "out": {"kernel": state[prefix + "attn.proj.weight"].T.reshape(h, d // h, d)},
+            },
+            "mlp": {fc: {"kernel": state[prefix + f"mlp.{fc}.weight"].T} for fc in ("fc1", "fc2")},
+        }
+    return params
+
+
+def _eva_config(cfg: ConfigDict, rows: int, cols: int) -> dict:
+    """Eva's model_args for a rope_2d export: no class token, registers, absolute table or layer scale,
+    separate q/k/v without biases, rotary 'cat' on the 'ij' grid at the run's base, any image size."""
+    size = get_size(cfg.variant)
+    p = size["patch"]
+    return {
+        "img_size": [rows * p, cols * p],
+        "patch_size": p,
+        "embed_dim": size["width"],
+        "depth": size["depth"],
+        "num_heads": size["heads"],
+        "mlp_ratio": size["mlp_dim"] / size["width"],
+        "qkv_bias": False,
+        "qkv_fused": False,
+        "init_values": None,
+        "class_token": False,
+        "num_reg_tokens": 0,
+        "use_abs_pos_emb": False,
+        "use_rot_pos_emb": True,
+        "rope_type": "cat",
+        "rope_temperature": float(cfg.rope_base),
+        "rope_grid_indexing": "ij",
+        "ref_feat_shape": None,
+        "global_pool": "avg",
+        "use_fc_norm": False,
+        "use_post_transformer_norm": True,
+        "dynamic_img_size": True,
+        "num_classes": 0,
+    }
+
+
 def timm_config(model_cfg, rows: int, cols: int) -> dict:
     """timm's config.json for the exported model (VisionTransformer args and the pretrained_cfg that says
     how to feed it)."""
@@ -162,12 +281,15 @@ def timm_config(model_cfg, rows: int, cols: int) -> dict:
     size = get_size(cfg.variant)
     p = size["patch"]
     mean, std = (PIXEL_MEAN, PIXEL_STD) if cfg.pixel_scale == "imagenet" else ((0.0,) * 3, (1.0,) * 3)
+    rope = cfg.posemb == "rope_2d"
     return {
-        "architecture": "vit_base_patch16_224",
+        "architecture": EVA_ARCHITECTURE if rope else "vit_base_patch16_224",
         "num_classes": 0,
         "num_features": size["width"],
         "global_pool": "avg",
-        "model_args": {
+        "model_args": _eva_config(cfg, rows, cols)
+        if rope
+        else {
             "img_size": [rows * p, cols * p],
             "patch_size": p,
             "embed_dim": size["width"],
@@ -185,7 +307,7 @@ def timm_config(model_cfg, rows: int, cols: int) -> dict:
         },
         "pretrained_cfg": {
             "input_size": [3, rows * p, cols * p],
-            "fixed_input_size": True,
+            "fixed_input_size": not rope,
             "mean": list(mean),
             "std": list(std),
             "interpolation": "bicubic",
@@ -213,7 +335,13 @@ def model_card(
         f"A ViT-{m.variant} pre-trained with [naraim](https://github.com/daniel-gallo/naraim) by next-patch "
         f"prediction ({m.attention} attention, {m.posemb} position embedding, {run_cfg.loss.objective} "
         f"objective) for {step} steps of batch {run_cfg.batch_size} on `{d.source}`, exported for a "
-        f"{rows}x{cols} grid ({rows * p}x{cols * p} pixels; the position table is baked for that grid).",
+        f"{rows}x{cols} grid ({rows * p}x{cols * p} pixels; "
+        + (
+            "rotary positions: any grid)."
+            if m.posemb == "rope_2d"
+            else "the position table is baked for that grid)."
+        )
+        + "",
         "",
         "```python",
         "import timm",
