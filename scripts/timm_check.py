@@ -100,7 +100,8 @@ def record(root: str, out: str) -> None:
     manifest = {"timm": timm.__version__, "cases": {}}
     for name in CASES:
         config = json.load(open(os.path.join(root, name, "config.json")))
-        model = timm.create_model(config["architecture"], pretrained=False, **config["model_args"])
+        # built as local-dir builds it: create_model(name, **args) would drop the None-valued args
+        model = timm.create_model(f"local-dir:{os.path.abspath(os.path.join(root, name))}", pretrained=False)
         state = {key: list(value.shape) for key, value in model.state_dict().items()}
         manifest["cases"][name] = {"model_args": config["model_args"], "state": state}
     with open(out, "w") as f:
