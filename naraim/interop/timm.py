@@ -94,6 +94,28 @@ def position_table(params: dict, cfg: ConfigDict, rows: int, cols: int) -> np.nd
     return np.asarray(table, np.float32)
 
 
+def _stem_to_timm(params: dict, p: int, d: int) -> dict[str, np.ndarray]:
+    """The patch embedding (kernel [P*P*3, D] -> conv weight [D, 3, P, P]) and the final LayerNorm, the
+    same in timm's VisionTransformer and Eva."""
+    return {
+        "patch_embed.proj.weight": params["embed"]["kernel"].reshape(p, p, 3, d).transpose(3, 2, 0, 1),
+        "patch_embed.proj.bias": params["embed"]["bias"],
+        "norm.weight": params["encoder_norm"]["scale"],
+        "norm.bias": params["encoder_norm"]["bias"],
+    }
+
+
+def _stem_from_timm(state: dict[str, np.ndarray], p: int, d: int) -> dict:
+    """naraim's 'embed' and 'encoder_norm' params of a timm state dict (the inverse of _stem_to_timm)."""
+    return {
+        "embed": {
+            "kernel": state["patch_embed.proj.weight"].transpose(2, 3, 1, 0).reshape(p * p * 3, d),
+            "bias": state["patch_embed.proj.bias"],
+        },
+        "encoder_norm": {"scale": state["norm.weight"], "bias": state["norm.bias"]},
+    }
+
+
 def rope_channel_order(head_dim: int) -> np.ndarray:
     """int [Dh]: timm's interleaved channel c of a head is naraim's rotate-half channel order[c] (2i <- i,
     2i + 1 <- i + Dh/2)."""
@@ -106,12 +128,7 @@ def _to_eva(params: dict, cfg: ConfigDict) -> dict[str, np.ndarray]:
     size = get_size(cfg.variant)
     p, d, h = size["patch"], size["width"], size["heads"]
     order = rope_channel_order(d // h)
-    out = {
-        "patch_embed.proj.weight": params["embed"]["kernel"].reshape(p, p, 3, d).transpose(3, 2, 0, 1),
-        "patch_embed.proj.bias": params["embed"]["bias"],
-        "norm.weight": params["encoder_norm"]["scale"],
-        "norm.bias": params["encoder_norm"]["bias"],
-    }
+    out = _stem_to_timm(params, p, d)
     for i in range(size["depth"]):
         block, prefix = params[f"block_{i}"], f"blocks.{i}."
         qkv = block["attn"]["qkv"]["kernel"]  # [D, 3, H, Dh]
@@ -142,12 +159,7 @@ def to_timm(params: dict, model_cfg, rows: int, cols: int) -> dict[str, np.ndarr
     size = get_size(cfg.variant)
     p, d = size["patch"], size["width"]
     params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
-    out = {
-        "patch_embed.proj.weight": params["embed"]["kernel"].reshape(p, p, 3, d).transpose(3, 2, 0, 1),
-        "patch_embed.proj.bias": params["embed"]["bias"],
-        "norm.weight": params["encoder_norm"]["scale"],
-        "norm.bias": params["encoder_norm"]["bias"],
-    }
+    out = _stem_to_timm(params, p, d)
     table = position_table(params, cfg, rows, cols)
     if table is not None:
         out["pos_embed"] = table
@@ -183,13 +195,7 @@ def from_timm(state: dict[str, np.ndarray], model_cfg) -> dict:
     p, d, h = size["patch"], size["width"], size["heads"]
     if cfg.posemb == "rope_2d":
         return _from_eva(state, cfg)
-    params = {
-        "embed": {
-            "kernel": state["patch_embed.proj.weight"].transpose(2, 3, 1, 0).reshape(p * p * 3, d),
-            "bias": state["patch_embed.proj.bias"],
-        },
-        "encoder_norm": {"scale": state["norm.weight"], "bias": state["norm.bias"]},
-    }
+    params = _stem_from_timm(state, p, d)
     for i in range(size["depth"]):
         prefix = f"blocks.{i}."
         block = {
@@ -218,13 +224,7 @@ def _from_eva(state: dict[str, np.ndarray], cfg: ConfigDict) -> dict:
     size = get_size(cfg.variant)
     p, d, h = size["patch"], size["width"], size["heads"]
     inverse = np.argsort(rope_channel_order(d // h))
-    params = {
-        "embed": {
-            "kernel": state["patch_embed.proj.weight"].transpose(2, 3, 1, 0).reshape(p * p * 3, d),
-            "bias": state["patch_embed.proj.bias"],
-        },
-        "encoder_norm": {"scale": state["norm.weight"], "bias": state["norm.bias"]},
-    }
+    params = _stem_from_timm(state, p, d)
     for i in range(size["depth"]):
         prefix = f"blocks.{i}."
         qkv = []
