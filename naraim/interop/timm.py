@@ -243,9 +243,8 @@ def _from_eva(state: dict[str, np.ndarray], cfg: ConfigDict) -> dict:
     return params
 
 
-def _eva_config(cfg: ConfigDict, rows: int, cols: int) -> dict:
-    """Eva's model_args for a rope_2d export: no class token, registers, absolute table or layer scale,
-    separate q/k/v without biases, rotary 'cat' on the 'ij' grid at the run's base, any image size."""
+def _size_args(cfg: ConfigDict, rows: int, cols: int) -> dict:
+    """The model_args that say the ViT's size and input grid, the same for VisionTransformer and Eva."""
     size = get_size(cfg.variant)
     p = size["patch"]
     return {
@@ -255,6 +254,14 @@ def _eva_config(cfg: ConfigDict, rows: int, cols: int) -> dict:
         "depth": size["depth"],
         "num_heads": size["heads"],
         "mlp_ratio": size["mlp_dim"] / size["width"],
+    }
+
+
+def _eva_config(cfg: ConfigDict, rows: int, cols: int) -> dict:
+    """Eva's model_args for a rope_2d export: no class token, registers, absolute table or layer scale,
+    separate q/k/v without biases, rotary 'cat' on the 'ij' grid at the run's base, any image size."""
+    return {
+        **_size_args(cfg, rows, cols),
         "qkv_bias": False,
         "qkv_fused": False,
         "init_values": None,
@@ -290,12 +297,7 @@ def timm_config(model_cfg, rows: int, cols: int) -> dict:
         "model_args": _eva_config(cfg, rows, cols)
         if rope
         else {
-            "img_size": [rows * p, cols * p],
-            "patch_size": p,
-            "embed_dim": size["width"],
-            "depth": size["depth"],
-            "num_heads": size["heads"],
-            "mlp_ratio": size["mlp_dim"] / size["width"],
+            **_size_args(cfg, rows, cols),
             "qkv_bias": bool(cfg.use_bias),
             "proj_bias": bool(cfg.use_bias),
             "class_token": False,
