@@ -7,6 +7,8 @@ Run by hand, outside CI, in the reference's own environment (this script does no
   python scripts/record_reference.py naraim --repo ../naraim-ref --photos ../shared/datasets/clothing-small
   # Apple's AIMv1 code (PyTorch): torch, timm and checkouts of github.com/apple/ml-l3m and apple/ml-aim
   python scripts/record_reference.py aim --l3m_repo ../ml-l3m --ml_aim_repo ../ml-aim
+  # timm's own ViTs (PyTorch): torch, timm 1.0.31 and safetensors
+  python scripts/record_reference.py timm
 
 The references' modules are imported from their git history at the pinned commits (`git archive` into a
 temporary folder: the trainer whose loss trained the NARAIM paper's models is older than the newest one);
@@ -633,6 +635,97 @@ def record_aim_v1(args) -> None:
     write_fixture(args.out, "aim_v1", out, meta)
 
 
+NANO_8 = dict(patch_size=8, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0)  # naraim's Nano/8
+# case -> (architecture, model_args, image sizes (H, W) whose features are recorded)
+TIMM_CASES = {
+    "siglip_gap": ("vit_base_patch16_siglip_gap_224", dict(NANO_8, img_size=(24, 32)), ((24, 32),)),
+    "patch_norm_no_bias": (
+        "vit_base_patch16_224",
+        dict(
+            NANO_8,
+            img_size=32,
+            class_token=False,
+            global_pool="avg",
+            fc_norm=False,
+            qkv_bias=False,
+            proj_bias=False,
+            embed_norm_layer="layernorm",
+            act_layer="gelu_tanh",
+        ),
+        ((32, 32),),
+    ),
+    "eva_rope": (
+        "vit_medium_patch16_rope_reg1_gap_256",
+        dict(
+            NANO_8,
+            img_size=(24, 32),
+            qkv_bias=True,
+            qkv_fused=False,
+            init_values=None,
+            class_token=False,
+            num_reg_tokens=0,
+            use_abs_pos_emb=False,
+            use_rot_pos_emb=True,
+            rope_type="cat",
+            rope_temperature=10000.0,
+            rope_grid_indexing="ij",
+            ref_feat_shape=None,
+            global_pool="avg",
+            use_fc_norm=False,
+            use_post_transformer_norm=True,
+            dynamic_img_size=True,
+            num_classes=0,
+        ),
+        ((24, 32), (40, 16)),
+    ),
+    "class_token": (
+        "vit_base_patch16_224",
+        dict(NANO_8, img_size=16, num_classes=0),
+        (),
+    ),  # the import must refuse it
+}
+
+
+def record_timm(args) -> None:
+    """timm's own VisionTransformer and Eva at naraim's Nano/8 size, every parameter drawn at random, saved
+    with timm's save_for_hf (config.json + model.safetensors under OUT/timm_import/<case>), with their
+    forward_features of seeded images normalised by each model's pretrained_cfg, and torch's bilinear
+    resampling of the SigLIP model's pos_embed to a 5 x 2 grid (tests/test_interop.py imports them)."""
+    import timm  # noqa: PLC0415  (the timm environment only)
+    import torch  # noqa: PLC0415
+    from timm.models import save_for_hf  # noqa: PLC0415
+
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    out, settings = {}, {}
+    for case, (architecture, model_args, sizes) in TIMM_CASES.items():
+        folder = os.path.join(args.out, "timm_import", case)
+        model = timm.create_model(architecture, pretrained=False, **model_args)
+        save_for_hf(model, folder, model_args=model_args, safe_serialization=True)
+        # as users build it from the folder (create_model drops None-valued arguments; local-dir does not)
+        model = timm.create_model(f"local-dir:{os.path.abspath(folder)}", pretrained=False).eval()
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                if tensor.dtype.is_floating_point:
+                    tensor.copy_(tensor + 0.2 * torch.randn_like(tensor))
+            save_for_hf(model, folder, model_args=model_args, safe_serialization=True)
+            mean, std = (np.array(model.pretrained_cfg[k]) for k in ("mean", "std"))
+            for height, width in sizes:
+                pixels = rng.integers(0, 256, (2, height, width, 3), dtype=np.uint8)
+                x = torch.tensor(((pixels / 255.0 - mean) / std).transpose(0, 3, 1, 2), dtype=torch.float32)
+                out[f"{case}.{height}x{width}.pixels"] = pixels
+                out[f"{case}.{height}x{width}.features"] = model.forward_features(x).numpy()
+            if case == "siglip_gap":
+                table = model.pos_embed.reshape(1, 3, 4, -1).permute(0, 3, 1, 2)
+                resized = torch.nn.functional.interpolate(
+                    table, size=(5, 2), mode="bilinear", align_corners=False
+                )
+                out[f"{case}.pos_embed_5x2"] = resized.permute(0, 2, 3, 1).reshape(10, -1).numpy()
+        settings[case] = {"architecture": architecture, "model_args": model_args, "sizes": sizes}
+    meta = {"timm": timm.__version__, "torch": torch.__version__, "seed": args.seed, "cases": settings}
+    write_fixture(args.out, "timm", out, meta)
+
+
 def _bare_package(name: str, path: str) -> None:
     """Registers package `name` at `path`, and every package below it, without running their __init__
     files (l3m's import its whole stack; the NARAIM reference's transformations/ imports timm): only the
@@ -674,6 +767,9 @@ def main() -> None:
     aim_v1.add_argument("--ml_aim_repo", required=True, help="a git checkout of github.com/apple/ml-aim")
     aim_v1.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures"), help="fixture folder")
     aim_v1.add_argument("--seed", type=int, default=0, help="seeds the weights and images")
+    timm_part = sub.add_parser("timm", help="record timm's own ViTs (tiny, random weights) for the import")
+    timm_part.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures"), help="fixture folder")
+    timm_part.add_argument("--seed", type=int, default=0, help="seeds the weights and images")
     tf_records = sub.add_parser("tfrecords", help="the NARAIM reference's TFRecords of an image folder")
     tf_records.add_argument("--repo", required=True, help="a git checkout of github.com/daniel-gallo/naraim")
     tf_records.add_argument("--data", required=True, help="an image folder with train/ and validation/")
@@ -697,6 +793,7 @@ def main() -> None:
         "naraim": record_naraim,
         "aim": record_aim,
         "aim_v1": record_aim_v1,
+        "timm": record_timm,
         "tfrecords": write_tfrecords,
         "train": train_reference,
     }

@@ -4,6 +4,7 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,12 +12,14 @@ import jax
 import numpy as np
 import pytest
 from probe_helpers import ROOT, pretrain_workdir
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 from naraim import load_backbone
 from naraim.data.tokens import to_tokens
 from naraim.errors import UserError
-from naraim.interop.timm import ExportError, from_timm, timm_config, to_timm
+from naraim.interop.timm import ExportError, ImportError_, from_timm, grid_coords, timm_config, to_timm
+from naraim.interop.timm_import import import_config, import_params
+from naraim.model import posemb
 from naraim.model.model import dummy_batch
 from naraim.model.vit import make_backbone
 from naraim.train.config import default_pretrain_config
@@ -68,7 +71,7 @@ def test_naraim_to_timm_to_naraim_is_the_identity(model):
         ({"posemb": "rope_2d"}, "model.posemb='rope_2d'"),
         ({"posemb": "rope_1d"}, "model.posemb='rope_1d'"),
         ({"norm_eps": 1e-5}, "model.norm_eps=1e-05"),
-        ({"patch_norm": True}, "model.patch_norm=True"),
+        ({"posemb": "rope_2d", "gelu": "exact", "use_bias": False, "patch_norm": True}, "patch_norm=True"),
         ({"sos_token": True}, "model.sos_token=True"),
     ],
 )
@@ -168,3 +171,128 @@ def test_a_rope_2d_backbone_goes_to_evas_layout_and_back():
         cfg, params = _params({**model, **bad})
         with pytest.raises(ExportError, match="timm's Eva"):
             to_timm(params, cfg.model, 4, 4)
+
+
+TIMM_IMPORTS = os.path.join(ROOT, "tests", "fixtures", "timm_import")
+
+
+def _import_weights():
+    spec = importlib.util.spec_from_file_location(
+        "import_weights", os.path.join(ROOT, "scripts", "import_weights.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("case", ["siglip_gap", "patch_norm_no_bias", "eva_rope"])
+def test_timms_own_checkpoints_import_with_timms_features(case, tmp_path):
+    """timm's own models, saved by timm's save_for_hf with their forward_features recorded by timm
+    (scripts/record_reference.py timm), import to naraim runs whose load_backbone gives those features."""
+    reference = np.load(os.path.join(ROOT, "tests", "fixtures", "timm_reference.npz"))
+    run = str(tmp_path / "run")
+    _import_weights().import_timm(os.path.join(TIMM_IMPORTS, case), run, None)
+    backbone = load_backbone(run)
+    sizes = [k.split(".")[1] for k in reference.files if k.startswith(case) and k.endswith(".features")]
+    assert sizes
+    for size in sizes:
+        features, _ = backbone(reference[f"{case}.{size}.pixels"])
+        np.testing.assert_allclose(features, reference[f"{case}.{size}.features"], rtol=0, atol=1e-4)
+
+
+def test_learned_2d_resamples_its_table_as_torchs_bilinear_interpolate(tmp_path):
+    reference = np.load(os.path.join(ROOT, "tests", "fixtures", "timm_reference.npz"))
+    run = str(tmp_path / "run")
+    _import_weights().import_timm(os.path.join(TIMM_IMPORTS, "siglip_gap"), run, None)
+    backbone = load_backbone(run)
+    assert backbone.config.model.posemb == "learned_2d" and backbone.config.model.posemb_grid == "3x4"
+    coords, grid = (np.asarray(a) for a in grid_coords(5, 2))
+    module = posemb.Learned2D(backbone.vit.width, (3, 4))
+    table = module.apply({"params": backbone.params["posemb"]}, coords, grid)[0]
+    np.testing.assert_allclose(table, reference["siglip_gap.pos_embed_5x2"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ({"model_args": {"class_token": True}}, "class_token=True"),
+        ({"model_args": {"reg_tokens": 4}}, "reg_tokens=4"),
+        ({"model_args": {"init_values": 1e-5}}, "init_values=1e-05"),
+        ({"model_args": {"fc_norm": None}}, "fc_norm=None"),
+        ({"model_args": {"qk_norm": True}}, "qk_norm=True"),
+        ({"model_args": {"act_layer": "silu"}}, "act_layer='silu'"),
+        ({"model_args": {"pos_embed": "rope"}}, "pos_embed='rope'"),
+        ({"model_args": {"mlp_layer": "swiglu"}}, "mlp_layer='swiglu'"),
+        ({"model_args": {"embed_dim": 24}}, "width 24"),
+        ({"pretrained_cfg": {"mean": [0.1] * 3, "std": [0.2] * 3}}, "mean [0.1, 0.1, 0.1]"),
+        ({"architecture": "deit_tiny_patch16_224", "model_args": None}, "architecture 'deit_tiny"),
+    ],
+)
+def test_what_naraim_cannot_reproduce_of_a_timm_checkpoint_is_refused_in_one_line(change, says):
+    config = json.load(open(os.path.join(TIMM_IMPORTS, "siglip_gap", "config.json")))
+    for key, value in change.items():
+        if isinstance(value, dict):
+            config[key] = {**config[key], **value}
+        elif value is None:
+            config.pop(key)
+        else:
+            config[key] = value
+    if change.get("model_args") is None and "model_args" in change:
+        config.pop("model_args", None)
+    with pytest.raises(ImportError_, match=re.escape(says)) as error:
+        import_config(config, {})
+    assert "\n" not in str(error.value)
+
+
+def test_import_script_refuses_a_class_token_checkpoint_in_one_line(tmp_path):
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "import_weights.py"),
+            "--format",
+            "timm",
+            "--checkpoint",
+            os.path.join(TIMM_IMPORTS, "class_token"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "class_token=True" in r.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"posemb": "learned_2d", "posemb_grid": "3x5", "pixel_scale": "inception"},
+        {"posemb": "none", "patch_norm": True, "use_bias": False, "gelu": "exact"},
+        {"posemb": "rope_2d", "use_bias": False, "gelu": "exact"},
+    ],
+)
+def test_an_export_imports_back_to_the_same_backbone(model, tmp_path):
+    cfg, params = _params({"variant": "Pico/8", **model})
+    folder = tmp_path / "export"
+    folder.mkdir()
+    save_file(to_timm(params, cfg.model, 3, 5), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(timm_config(cfg.model, 3, 5)))
+    _import_weights().import_timm(str(folder), str(tmp_path / "run"), None)
+    backbone = load_backbone(str(tmp_path / "run"))
+    for key in model:
+        assert backbone.config.model[key] == model[key]
+    assert jax.tree.structure(backbone.params) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(backbone.params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_tensor_naraim_has_no_place_for_is_refused_but_the_classifier_head_is_left_out():
+    config = json.load(open(os.path.join(TIMM_IMPORTS, "siglip_gap", "config.json")))
+    state = load_file(os.path.join(TIMM_IMPORTS, "siglip_gap", "model.safetensors"))
+    model, _ = import_config(config, state)
+    head = {"head.weight": np.ones((5, 16), np.float32), "head.bias": np.ones(5, np.float32)}
+    import_params({**state, **head}, model)
+    with pytest.raises(ImportError_, match="blocks.0.gamma_1") as error:
+        import_params({**state, "blocks.0.gamma_1": np.ones(16, np.float32)}, model)
+    assert "\n" not in str(error.value)
+    import_params({**state, "blocks.0.gamma_1": np.zeros(16, np.float32)}, model)  # zero: nothing lost

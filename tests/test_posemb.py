@@ -111,3 +111,17 @@ def test_rope_2d_backbone_is_translation_invariant():
     ref, _ = apply(params, patches, coords, grid, length)
     out, _ = apply(params, patches, coords + 4, grid, length)
     np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+def test_learned_2d_reads_its_table_on_its_own_grid_and_per_token_grids_as_per_image_ones():
+    module = posemb.Learned2D(8, (3, 4))
+    rows, cols = np.divmod(np.arange(12), 4)
+    coords = jnp.asarray(np.stack([rows, cols], -1)[None])
+    params = module.init(jax.random.key(0), coords, jnp.array([[3, 4]]))
+    table = np.asarray(params["params"]["table"])
+    np.testing.assert_array_equal(module.apply(params, coords, jnp.array([[3, 4]]))[0], table.reshape(12, 8))
+    other = jnp.asarray(np.stack(np.divmod(np.arange(10), 2), -1)[None])  # a 5 x 2 grid
+    per_image = module.apply(params, other, jnp.array([[5, 2]]))
+    per_token = module.apply(params, other, jnp.broadcast_to(jnp.array([5, 2]), (1, 10, 2)))
+    np.testing.assert_array_equal(per_image, per_token)
+    assert not np.allclose(per_image[0, :2], table[0, :2])  # resampled, not cropped

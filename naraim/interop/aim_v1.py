@@ -15,13 +15,11 @@ import os
 
 import numpy as np
 from flax import traverse_util
-from ml_collections import ConfigDict
 from safetensors.numpy import load_file, save_file
 
 from naraim.errors import UserError
 from naraim.model import posemb
 from naraim.model.sizes import get_size
-from naraim.train.config import default_pretrain_config
 
 VARIANTS = {"600m": "AIM-0.6B", "1b": "AIM-1B", "3b": "AIM-3B", "7b": "AIM-7B"}
 LEARNED_SIDE = 256  # rows / columns of the factorised table (a 256 x 256-patch grid at most)
@@ -138,19 +136,3 @@ def load_head(run: str) -> dict:
             "scripts/import_weights.py, or probe without probe.released_head"
         )
     return traverse_util.unflatten_dict(load_file(path), sep="/")
-
-
-def run_config(variant: str, image_size: int = 224) -> ConfigDict:
-    """A pre-training config that describes the imported run: the model as model_overrides says, AIM's
-    square data geometry at image_size (the probes inherit it), no steps."""
-    cfg = default_pretrain_config()
-    cfg.model.update(model_overrides(variant))
-    cfg.data.update(
-        image_size=image_size,
-        max_tokens=0,
-        transforms=("random_resized_crop", "horizontal_flip"),
-        eval_transforms=("resize_shorter_center_crop",),
-        resample="bicubic",
-    )
-    cfg.total_steps = 0
-    return cfg

@@ -1,13 +1,13 @@
 """naraim backbones in timm's VisionTransformer (or, with rope_2d, Eva) layout (timm 1.0.31), and back.
 
-A backbone with an additive position embedding (absolute_sincos_2d, fractional, learned) or none maps
-exactly onto timm's VisionTransformer with class_token=False, global_pool='avg', fc_norm=False,
+A backbone with an additive position embedding (absolute_sincos_2d, fractional, learned, learned_2d) or
+none maps exactly onto timm's VisionTransformer with class_token=False, global_pool='avg', fc_norm=False,
 num_classes=0: naraim's table is evaluated on the export grid and stored as a learned pos_embed (so the
 exported model has a fixed input size), the patch kernel [P*P*3, D] (pixels in (row, col, channel) order)
-becomes the conv weight [D, 3, P, P], the fused q/k/v kernel [D, 3, H, Dh] the Linear weight [3D, D], the
-output projection [H, Dh, D] a [D, D] weight, and dense kernels are transposed. The input is the image
-normalised as the run's model.pixel_scale says (pretrained_cfg mean/std). The features are those of naraim
-with bidirectional attention.
+becomes the conv weight [D, 3, P, P], a patch LayerNorm timm's embed_norm_layer='layernorm', the fused
+q/k/v kernel [D, 3, H, Dh] the Linear weight [3D, D], the output projection [H, Dh, D] a [D, D] weight, and
+dense kernels are transposed. The input is the image normalised as the run's model.pixel_scale says
+(pretrained_cfg mean/std). The features are those of naraim with bidirectional attention.
 
 A rope_2d backbone maps onto timm's Eva (rope_type 'cat' on the 'ij' patch grid, no absolute table,
 dynamic_img_size: exact at any grid): both rotate each head's channels by the same angles (the first Dh/4
@@ -17,8 +17,10 @@ channels are reordered per head (rope_channel_order); q . k is unchanged by a co
 GELU is exact and it has no key bias, so rope_2d exports need model.gelu='exact' and use_bias=False.
 
 What timm cannot carry ends with one line (ExportError): rope_1d (no timm equivalent), a LayerNorm epsilon
-other than timm's 1e-6 (its config names norms by string), a patch LayerNorm (model.patch_norm), and for
-rope_2d the tanh GELU and biases.
+other than timm's 1e-6 (its config names norms by string), and for rope_2d the tanh GELU, biases and a
+patch LayerNorm.
+
+from_timm is the inverse of to_timm; naraim.interop.timm_import decides which timm checkpoints it reads.
 """
 
 import jax
@@ -29,16 +31,20 @@ from ml_collections import ConfigDict
 from naraim.errors import UserError
 from naraim.model import posemb
 from naraim.model.config import resolve_model_config
-from naraim.model.pixels import PIXEL_MEAN, PIXEL_STD
+from naraim.model.pixels import PIXEL_NORMS
 from naraim.model.sizes import get_size
 
 TIMM_VERSION = "1.0.31"  # the version whose layout this module writes (tests/fixtures/timm_manifest.json)
-EXPORTABLE_POSEMBS = ("absolute_sincos_2d", "fractional", "learned", "none", "rope_2d")
+EXPORTABLE_POSEMBS = ("absolute_sincos_2d", "fractional", "learned", "learned_2d", "none", "rope_2d")
 EVA_ARCHITECTURE = "vit_medium_patch16_rope_reg1_gap_256"  # an Eva entry point: model_args override it
 
 
 class ExportError(UserError):
     """An option timm's VisionTransformer cannot carry exactly (one line, naming it and what to do)."""
+
+
+class ImportError_(UserError):
+    """A timm checkpoint naraim's ViT cannot reproduce exactly (one line, naming what and why)."""
 
 
 def check_exportable(model_cfg) -> ConfigDict:
@@ -49,21 +55,16 @@ def check_exportable(model_cfg) -> ConfigDict:
             f"model.posemb={cfg.posemb!r} has no timm equivalent (rope_2d exports to timm's Eva): use "
             "load_backbone for this run"
         )
-    if cfg.posemb == "rope_2d" and (cfg.gelu != "exact" or cfg.use_bias):
+    if cfg.posemb == "rope_2d" and (cfg.gelu != "exact" or cfg.use_bias or cfg.patch_norm):
         raise ExportError(
             f"model.posemb='rope_2d' exports to timm's Eva, whose MLP GELU is exact and which has no key "
-            f"bias: model.gelu={cfg.gelu!r} and model.use_bias={bool(cfg.use_bias)} cannot be carried; use "
-            "load_backbone for this run"
+            f"bias or patch LayerNorm: model.gelu={cfg.gelu!r}, model.use_bias={bool(cfg.use_bias)} and "
+            f"model.patch_norm={bool(cfg.patch_norm)} cannot be carried; use load_backbone for this run"
         )
     if abs(float(cfg.norm_eps) - 1e-6) > 1e-12:
         raise ExportError(
             f"model.norm_eps={cfg.norm_eps} cannot be carried by timm's config.json (its LayerNorm has eps "
             "1e-6): use load_backbone for this run"
-        )
-    if cfg.patch_norm:
-        raise ExportError(
-            "model.patch_norm=True (a LayerNorm after the patch embedding) has no switch in timm's "
-            "VisionTransformer config: use load_backbone for this run"
         )
     if cfg.sos_token:
         raise ExportError("model.sos_token=True (DARL's SOS token) does not export: use load_backbone")
@@ -88,6 +89,9 @@ def position_table(params: dict, cfg: ConfigDict, rows: int, cols: int) -> np.nd
     elif cfg.posemb == "fractional":
         module = posemb.Fractional(width, cfg.fractional_scale)
         table = module.apply({"params": params["posemb"]}, coords, grid)
+    elif cfg.posemb == "learned_2d":
+        module = posemb.Learned2D(width, posemb.parse_grid(cfg.posemb_grid))
+        table = module.apply({"params": params["posemb"]}, coords, grid)
     else:
         module = posemb.Learned(width, cfg.learned_posemb_max_side)
         table = module.apply({"params": params["posemb"]}, coords)
@@ -95,25 +99,36 @@ def position_table(params: dict, cfg: ConfigDict, rows: int, cols: int) -> np.nd
 
 
 def _stem_to_timm(params: dict, p: int, d: int) -> dict[str, np.ndarray]:
-    """The patch embedding (kernel [P*P*3, D] -> conv weight [D, 3, P, P]) and the final LayerNorm, the
-    same in timm's VisionTransformer and Eva."""
-    return {
+    """The patch embedding (kernel [P*P*3, D] -> conv weight [D, 3, P, P]), its LayerNorm where the run has
+    one, and the final LayerNorm, the same in timm's VisionTransformer and Eva."""
+    out = {
         "patch_embed.proj.weight": params["embed"]["kernel"].reshape(p, p, 3, d).transpose(3, 2, 0, 1),
         "patch_embed.proj.bias": params["embed"]["bias"],
         "norm.weight": params["encoder_norm"]["scale"],
         "norm.bias": params["encoder_norm"]["bias"],
     }
+    if "embed_norm" in params:
+        out["patch_embed.norm.weight"] = params["embed_norm"]["scale"]
+        out["patch_embed.norm.bias"] = params["embed_norm"]["bias"]
+    return out
 
 
 def _stem_from_timm(state: dict[str, np.ndarray], p: int, d: int) -> dict:
-    """naraim's 'embed' and 'encoder_norm' params of a timm state dict (the inverse of _stem_to_timm)."""
-    return {
+    """naraim's 'embed', 'embed_norm' (where the state has a patch LayerNorm) and 'encoder_norm' params of a
+    timm state dict (the inverse of _stem_to_timm)."""
+    out = {
         "embed": {
             "kernel": state["patch_embed.proj.weight"].transpose(2, 3, 1, 0).reshape(p * p * 3, d),
             "bias": state["patch_embed.proj.bias"],
         },
         "encoder_norm": {"scale": state["norm.weight"], "bias": state["norm.bias"]},
     }
+    if "patch_embed.norm.weight" in state:
+        out["embed_norm"] = {
+            "scale": state["patch_embed.norm.weight"],
+            "bias": state["patch_embed.norm.bias"],
+        }
+    return out
 
 
 def rope_channel_order(head_dim: int) -> np.ndarray:
@@ -187,15 +202,24 @@ def to_timm(params: dict, model_cfg, rows: int, cols: int) -> dict[str, np.ndarr
 
 
 def from_timm(state: dict[str, np.ndarray], model_cfg) -> dict:
-    """naraim backbone params of a timm state dict written by to_timm (the position table of 'learned' and
-    'fractional' is not recovered from a baked pos_embed: those params come back only for the other
-    embeddings)."""
+    """naraim backbone params of a timm state dict (written by to_timm, or a checkpoint import_config
+    accepts): 'learned_2d' takes pos_embed [1, rows*cols, D] as its table on model.posemb_grid; the tables
+    of 'learned' and 'fractional' are not recovered from a baked pos_embed (those params come back only
+    for the other embeddings)."""
     cfg = resolve_model_config(model_cfg)
     size = get_size(cfg.variant)
     p, d, h = size["patch"], size["width"], size["heads"]
     if cfg.posemb == "rope_2d":
         return _from_eva(state, cfg)
     params = _stem_from_timm(state, p, d)
+    if cfg.posemb == "learned_2d":
+        rows, cols = posemb.parse_grid(cfg.posemb_grid)
+        if state["pos_embed"].shape != (1, rows * cols, d):
+            raise ImportError_(
+                f"timm checkpoint: pos_embed {list(state['pos_embed'].shape)}: a {rows}x{cols} grid needs "
+                f"{[1, rows * cols, d]}"
+            )
+        params["posemb"] = {"table": state["pos_embed"].reshape(rows, cols, d)}
     for i in range(size["depth"]):
         prefix = f"blocks.{i}."
         block = {
@@ -220,7 +244,9 @@ def from_timm(state: dict[str, np.ndarray], model_cfg) -> dict:
 
 
 def _from_eva(state: dict[str, np.ndarray], cfg: ConfigDict) -> dict:
-    """naraim rope_2d backbone params of an Eva state dict written by _to_eva."""
+    """naraim rope_2d backbone params of an Eva state dict (written by _to_eva, or one _eva_overrides
+    accepts); with model.use_bias, Eva's q and v biases (zero where it has none), a zero key bias (Eva has
+    none) and its projection and MLP biases."""
     size = get_size(cfg.variant)
     p, d, h = size["patch"], size["width"], size["heads"]
     inverse = np.argsort(rope_channel_order(d // h))
@@ -240,6 +266,15 @@ def _from_eva(state: dict[str, np.ndarray], cfg: ConfigDict) -> dict:
             },
             "mlp": {fc: {"kernel": state[prefix + f"mlp.{fc}.weight"].T} for fc in ("fc1", "fc2")},
         }
+        if cfg.use_bias:
+            block = params[f"block_{i}"]
+            zero = np.zeros(d, np.float32)
+            q, v = (state.get(prefix + f"attn.{name}_proj.bias", zero) for name in ("q", "v"))
+            heads = [q.reshape(h, d // h)[:, inverse], zero.reshape(h, d // h), v.reshape(h, d // h)]
+            block["attn"]["qkv"]["bias"] = np.stack(heads)
+            block["attn"]["out"]["bias"] = state[prefix + "attn.proj.bias"]
+            for fc in ("fc1", "fc2"):
+                block["mlp"][fc]["bias"] = state[prefix + f"mlp.{fc}.bias"]
     return params
 
 
@@ -257,7 +292,7 @@ def _size_args(cfg: ConfigDict, rows: int, cols: int) -> dict:
     }
 
 
-def _eva_config(cfg: ConfigDict, rows: int, cols: int) -> dict:
+def eva_config(cfg: ConfigDict, rows: int, cols: int) -> dict:
     """Eva's model_args for a rope_2d export: no class token, registers, absolute table or layer scale,
     separate q/k/v without biases, rotary 'cat' on the 'ij' grid at the run's base, any image size."""
     return {
@@ -287,14 +322,14 @@ def timm_config(model_cfg, rows: int, cols: int) -> dict:
     cfg = check_exportable(model_cfg)
     size = get_size(cfg.variant)
     p = size["patch"]
-    mean, std = (PIXEL_MEAN, PIXEL_STD) if cfg.pixel_scale == "imagenet" else ((0.0,) * 3, (1.0,) * 3)
+    mean, std = PIXEL_NORMS.get(cfg.pixel_scale, ((0.0,) * 3, (1.0,) * 3))
     rope = cfg.posemb == "rope_2d"
     return {
         "architecture": EVA_ARCHITECTURE if rope else "vit_base_patch16_224",
         "num_classes": 0,
         "num_features": size["width"],
         "global_pool": "avg",
-        "model_args": _eva_config(cfg, rows, cols)
+        "model_args": eva_config(cfg, rows, cols)
         if rope
         else {
             **_size_args(cfg, rows, cols),
@@ -305,6 +340,7 @@ def timm_config(model_cfg, rows: int, cols: int) -> dict:
             "fc_norm": False,
             "pos_embed": "none" if cfg.posemb == "none" else "learn",
             "act_layer": "gelu" if cfg.gelu == "exact" else "gelu_tanh",
+            **({"embed_norm_layer": "layernorm"} if cfg.patch_norm else {}),
             "num_classes": 0,
         },
         "pretrained_cfg": {

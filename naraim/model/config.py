@@ -43,7 +43,9 @@ MODEL_OPTIONS = {
         "", "dtype of the residual stream and `encoded`: '' = dtype; 'float32' (NARAIM reference)"
     ),
     "pixel_scale": Option(
-        "imagenet", "model input: 'imagenet' (x/255 - mean) / std (AIM) | 'unit' x/255 (NARAIM ref)"
+        "imagenet",
+        "model input: 'imagenet' (x/255 - mean) / std (AIM) | 'unit' x/255 (NARAIM ref) | 'inception' "
+        "(x/255 - 0.5) / 0.5 (SigLIP, timm)",
     ),
     "patch_norm": Option(False, "LayerNorm after the patch embedding (AIM)"),
     "use_bias": Option(True, "biases in the blocks' attention and MLP layers (AIM's trunk has none)"),
@@ -75,6 +77,9 @@ MODEL_OPTIONS = {
     "sos_token": Option(False, "DARL: learned start-of-sequence token prepended, last input patch dropped"),
     "rope_base": Option(10000.0, "rotary frequency base (rope_1d / rope_2d)"),
     "learned_posemb_max_side": Option(256, "'learned' posemb: table entries per axis (>= data.max_tokens)"),
+    "posemb_grid": Option(
+        "16x16", "'learned_2d' posemb: its table's grid ROWSxCOLS of patches (other grids resample it)"
+    ),
     "attention_impl": Option(
         "",
         "'xla': naraim.model.attention.dot_product_attention; 'cudnn': jax.nn's cuDNN kernel (GPU, "
@@ -180,6 +185,11 @@ def validate_model_config(cfg, patch_size: int, max_tokens: int) -> None:
             f"model.learned_posemb_max_side={cfg.learned_posemb_max_side} < data.max_tokens={max_tokens}: "
             "set it to at least data.max_tokens (a 1 x N image has N rows)"
         )
+    if cfg.posemb == "learned_2d":
+        try:
+            posemb.parse_grid(cfg.posemb_grid)
+        except ValueError as e:
+            raise UserError(f"model.posemb_grid={e}") from None
     if max_tokens < 2:
         raise UserError(f"data.max_tokens={max_tokens}: next-patch prediction needs a budget of at least 2")
 

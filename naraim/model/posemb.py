@@ -4,6 +4,8 @@ Additive embeddings ([B,N,D], added to the patch embedding):
   absolute_sincos_2d  fixed sin/cos of the row index (D/2 channels) ++ of the column index (D/2 channels)
   fractional          Dense(row/rows) + Dense(col/cols) (NaViT): positions as fractions of the grid, in [0, 1)
   learned             learned row table + learned column table (factorized), indices < max_side
+  learned_2d          learned full table [rows, cols, D] (ViT's, timm's pos_embed) on model.posemb_grid,
+                      resampled bilinearly to each image's own grid
 Rotary embeddings (angles [B,N,Dh/2] applied to queries and keys in every attention layer):
   rope_1d             position = raster index row * cols + col
   rope_2d             half of each head's frequencies rotate with the row, half with the column
@@ -14,8 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-POSEMBS = ("absolute_sincos_2d", "fractional", "learned", "rope_1d", "rope_2d", "none")
-ADDITIVE = ("absolute_sincos_2d", "fractional", "learned")
+POSEMBS = ("absolute_sincos_2d", "fractional", "learned", "learned_2d", "rope_1d", "rope_2d", "none")
+ADDITIVE = ("absolute_sincos_2d", "fractional", "learned", "learned_2d")
 ROTARY = ("rope_1d", "rope_2d")
 
 
@@ -89,6 +91,48 @@ class Learned(nn.Module):
         cols = self.param("col", init, (self.max_side, self.width))
         idx = jnp.clip(coords, 0, self.max_side - 1)
         return rows[idx[..., 0]] + cols[idx[..., 1]]
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """'16x12' -> (16, 12) rows x cols; ValueError for anything else."""
+    rows, sep, cols = str(text).lower().partition("x")
+    if not sep or not rows.isdigit() or not cols.isdigit() or int(rows) < 1 or int(cols) < 1:
+        raise ValueError(f"{text!r} is not ROWSxCOLS (e.g. 16x16)")
+    return int(rows), int(cols)
+
+
+def _source_index(
+    index: jax.Array, side: jax.Array, table_side: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Bilinear taps on a table axis of table_side entries for position `index` of a grid axis of `side`
+    entries (pixel centres aligned, align_corners=False as torch's interpolate): (lower, upper, weight of
+    upper). The table's own side gives weight 0 at index: the table entry itself."""
+    side = jnp.maximum(side, 1).astype(jnp.float32)
+    src = (index.astype(jnp.float32) + 0.5) * (table_side / side) - 0.5
+    src = jnp.clip(src, 0.0, table_side - 1)
+    lower = jnp.floor(src)
+    return lower.astype(jnp.int32), jnp.minimum(lower + 1, table_side - 1).astype(jnp.int32), src - lower
+
+
+class Learned2D(nn.Module):
+    """Learned full table [rows, cols, D] (normal(0.02) init), ViT's and timm's pos_embed: an image of the
+    table's grid reads table[row, col]; any other grid reads the table resampled bilinearly to that grid
+    (torch's interpolate with align_corners=False, no antialiasing), per token."""
+
+    width: int
+    grid: tuple[int, int]
+
+    @nn.compact
+    def __call__(self, coords: jax.Array, grid: jax.Array) -> jax.Array:
+        """coords int [B,N,2], grid int [B,2] or [B,N,2] (per token) -> float32 [B,N,D]."""
+        table = self.param("table", nn.initializers.normal(0.02), (*self.grid, self.width))
+        sides = _token_grid(grid)
+        r0, r1, fr = _source_index(coords[..., 0], sides[..., 0], self.grid[0])
+        c0, c1, fc = _source_index(coords[..., 1], sides[..., 1], self.grid[1])
+        fr, fc = fr[..., None], fc[..., None]
+        top = table[r0, c0] * (1 - fc) + table[r0, c1] * fc
+        bottom = table[r1, c0] * (1 - fc) + table[r1, c1] * fc
+        return top * (1 - fr) + bottom * fr
 
 
 def _frequencies(n: int, base: float) -> jax.Array:

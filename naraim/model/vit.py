@@ -134,6 +134,9 @@ class ViT(nn.Module):
             x = x + posemb.Learned(self.width, o.learned_posemb_max_side, name="posemb")(coords).astype(
                 x.dtype
             )
+        elif o.posemb == "learned_2d":
+            table = posemb.Learned2D(self.width, posemb.parse_grid(o.posemb_grid), name="posemb")
+            x = x + table(coords, token_grid).astype(x.dtype)
         elif o.posemb not in posemb.POSEMBS:
             raise ValueError(f"unknown posemb {o.posemb!r}; expected one of {posemb.POSEMBS}")
 
