@@ -296,3 +296,15 @@ def test_a_tensor_naraim_has_no_place_for_is_refused_but_the_classifier_head_is_
         import_params({**state, "blocks.0.gamma_1": np.ones(16, np.float32)}, model)
     assert "\n" not in str(error.value)
     import_params({**state, "blocks.0.gamma_1": np.zeros(16, np.float32)}, model)  # zero: nothing lost
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [({"init_values": 1e-5}, "init_values=1e-05"), ({"swiglu_mlp": True}, "swiglu_mlp=True")],
+)
+def test_an_eva_unlike_the_exports_is_refused_in_one_line(change, says):
+    config = json.load(open(os.path.join(TIMM_IMPORTS, "eva_rope", "config.json")))
+    config["model_args"].update(change)
+    with pytest.raises(ImportError_, match=re.escape(says)) as error:
+        import_config(config, {})
+    assert "\n" not in str(error.value)

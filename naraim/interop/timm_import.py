@@ -116,18 +116,14 @@ def _eva_overrides(config: dict, state: dict[str, np.ndarray]) -> tuple[dict, tu
         )
     patch, width, heads = args["patch_size"], args["embed_dim"], args["num_heads"]
     variant = _naraim_variant(width, args["depth"], heads, round(args["mlp_ratio"] * width), patch)
+    biases = [  # q, v, projection and MLP biases (not the LayerNorms')
+        v for k, v in state.items() if k.startswith("blocks.") and k.endswith(".bias") and "norm" not in k
+    ]
     overrides = {
         "variant": variant,
         "posemb": "rope_2d",
         "rope_base": float(args["rope_temperature"]),
-        "use_bias": any(
-            np.any(v != 0) for k, v in state.items() if k.startswith("blocks.") and k.endswith("proj.bias")
-        )
-        or any(
-            np.any(v != 0)
-            for k, v in state.items()
-            if k.startswith("blocks.") and ".mlp." in k and k.endswith(".bias")
-        ),
+        "use_bias": any(np.any(b != 0) for b in biases),
         "gelu": "exact",
         "patch_norm": False,
         "norm_eps": 1e-6,
@@ -135,8 +131,13 @@ def _eva_overrides(config: dict, state: dict[str, np.ndarray]) -> tuple[dict, tu
     }
     rows, cols = _input_grid(config, args, patch)
     expected = eva_config(resolve_model_config(overrides), rows, cols)
+    expected.update(in_chans=3)
     for key, value in args.items():
-        if key not in FEATURE_NEUTRAL_ARGS + ("qkv_bias", "in_chans") and expected.get(key, value) != value:
+        if key in FEATURE_NEUTRAL_ARGS or key == "qkv_bias":  # q/v biases: use_bias, from the weights
+            continue
+        if key not in expected:
+            _refuse(f"Eva model_args {key}={value!r}", "naraim's import does not read this argument")
+        if expected[key] != value:
             _refuse(f"Eva model_args {key}={value!r}", f"naraim's rope_2d ViT needs {expected[key]!r}")
     return overrides, (rows, cols)
 
@@ -204,7 +205,7 @@ def import_config(config: dict, state: dict[str, np.ndarray]) -> tuple[dict, tup
 
 
 class _ReadKeys(dict):
-    """A state dict that remembers which keys were read."""
+    """A state dict that remembers which keys were read (by [] or get)."""
 
     def __init__(self, state: dict):
         super().__init__(state)
