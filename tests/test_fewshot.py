@@ -158,6 +158,7 @@ def test_knn_probe_reports_every_block_and_k_and_selects_on_minival(tmp_path):
     assert (results["selected"]["features"], results["selected"]["k"]) == (best["features"], best["k"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variants", ["", "linear"])
 def test_the_weight_decay_axis_gives_the_heads_of_separate_runs(variants):
     """Heads (lr, wd) of one sweep with probe.weight_decays against single-head runs with that optimizer

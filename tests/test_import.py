@@ -81,6 +81,7 @@ def test_import_script_writes_a_run_that_load_backbone_and_probes_read(tmp_path)
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0
 
 
+@pytest.mark.slow
 def test_the_released_head_is_evaluated_as_released_without_training(tmp_path):
     """Imported with its head, probed with configs/probe.py:released: no step is trained, and the reported
     top-1 is the released head's own on the mean of the last blocks (ml-aim's), recomputed here. Its

@@ -27,13 +27,16 @@ from naraim.train.config import default_pretrain_config
 MANIFEST = os.path.join(ROOT, "tests", "fixtures", "timm_manifest.json")
 
 
-def _recorder():
-    spec = importlib.util.spec_from_file_location(
-        "timm_check", os.path.join(ROOT, "scripts", "timm_check.py")
-    )
+def _script(name: str):
+    """scripts/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _recorder():
+    return _script("timm_check")
 
 
 def _params(model: dict):
@@ -177,12 +180,7 @@ TIMM_IMPORTS = os.path.join(ROOT, "tests", "fixtures", "timm_import")
 
 
 def _import_weights():
-    spec = importlib.util.spec_from_file_location(
-        "import_weights", os.path.join(ROOT, "scripts", "import_weights.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("import_weights")
 
 
 @pytest.mark.parametrize("case", ["siglip_gap", "patch_norm_no_bias", "eva_rope"])
@@ -244,6 +242,7 @@ def test_what_naraim_cannot_reproduce_of_a_timm_checkpoint_is_refused_in_one_lin
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_import_script_refuses_a_class_token_checkpoint_in_one_line(tmp_path):
     r = subprocess.run(
         [

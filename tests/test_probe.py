@@ -258,6 +258,7 @@ def test_padding_never_influences_logits(workdir, variants):
             np.testing.assert_allclose(logits(_pad(batch, extra, rng), train), ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variants", ["", "linear"])
 def test_cached_step_equals_uncached_step(workdir, variants):
     cfg, sw, backbone, state, optimizer, schedule = _setup(workdir, variants)
@@ -310,6 +311,7 @@ def test_linear_probe_caches_pooled_features_and_reads_the_mean_of_the_real_toke
     np.testing.assert_allclose(logits, expected_logits, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variants", ["", "linear"])
 def test_a_sweeps_heads_never_interact_not_even_through_clipping(workdir, variants):
     """Two heads (blocks 0 and 1, two learning rates) against one (block 0, the first rate), with clipping
@@ -437,6 +439,7 @@ def test_knn_votes_with_exp_similarity_over_temperature_among_the_k_nearest():
             assert bool(top1[0]) == (label == winner), (k, temperature, label)
 
 
+@pytest.mark.slow
 def test_knn_probe_writes_per_block_results(workdir, tmp_path):
     cfg = tiny_probe_config(workdir, "knn")
     results = run_probe(cfg, str(tmp_path))
@@ -536,6 +539,7 @@ def test_heads_train_on_the_training_indices_and_are_selected_on_minival_only(
     assert results["num_examples"] == 24  # the validation split
 
 
+@pytest.mark.slow
 def test_the_knn_bank_holds_the_training_indices_and_minival_queries_only_minival(
     workdir, tmp_path, monkeypatch
 ):

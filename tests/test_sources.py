@@ -181,6 +181,7 @@ def test_arrayrecord_records_round_trip():
         decode_record(b"\x01\x02\x03")
 
 
+@pytest.mark.slow
 def test_prepare_data_writes_pre_resized_shards_the_pipeline_reads(tmp_path, capsys):
     root = tmp_path / "imgs"
     for split, n in (("train", 6), ("validation", 3)):

@@ -223,6 +223,7 @@ def test_an_unwritable_workdir_is_one_line(tmp_path):
         train(tiny(2), str(blocker / "run"))
 
 
+@pytest.mark.slow
 def test_probe_reruns_resume_and_never_mix(tmp_path, capsys):
     workdir = pretrain_workdir("naraim")
     with pytest.raises(UserError, match="is the pre-training run"):
