@@ -71,7 +71,7 @@ def test_each_epoch_visits_every_example_once_in_a_new_order():
     assert epochs[0] != epochs[1] or epochs[1] != epochs[2]
 
 
-@pytest.mark.parametrize("num_workers", [0, 1])
+@pytest.mark.parametrize("num_workers", [0, pytest.param(1, marks=pytest.mark.slow)])  # 1: a worker process
 def test_state_restore_mid_epoch_gives_identical_batches(num_workers):
     cfg = _cfg(train_size=10, num_workers=num_workers)
     it = _train(cfg, batch=4)

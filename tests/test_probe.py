@@ -278,6 +278,7 @@ def test_cached_step_equals_uncached_step(workdir, variants):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_linear_probe_caches_pooled_features_and_reads_the_mean_of_the_real_tokens(workdir):
     """The linear sweep's stack is [B, nb, D], the mean over real tokens of the tokens' stack [B, nb, N, D];
     its logits are BatchNorm + Dense on that mean (the mean of the last blocks included)."""
