@@ -57,7 +57,8 @@ def read_timm(path: str) -> tuple[dict, dict[str, np.ndarray]]:
             f"{config_path} does not exist: --format timm reads a folder in timm's local-dir layout"
         )
     try:
-        config = json.load(open(config_path))
+        with open(config_path) as f:
+            config = json.load(f)
     except (OSError, ValueError) as e:
         raise UserError(f"{config_path} is not readable JSON: {e}") from None
     weights = path
