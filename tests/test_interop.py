@@ -9,9 +9,11 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from probe_helpers import ROOT, pretrain_workdir
+from safetensors.flax import save_file as flax_save_file
 from safetensors.numpy import load_file, save_file
 
 from naraim import load_backbone
@@ -312,3 +314,18 @@ def test_an_eva_unlike_the_exports_is_refused_in_one_line(change, says):
     with pytest.raises(ImportError_, match=re.escape(says)) as error:
         import_config(config, {})
     assert "\n" not in str(error.value)
+
+
+def test_a_bfloat16_checkpoint_imports_as_its_float32_values(tmp_path):
+    folder = tmp_path / "bf16"
+    folder.mkdir()
+    source = os.path.join(TIMM_IMPORTS, "siglip_gap")
+    (folder / "config.json").write_text(open(os.path.join(source, "config.json")).read())
+    state = load_file(os.path.join(source, "model.safetensors"))
+    flax_save_file(
+        {k: jnp.asarray(v, jnp.bfloat16) for k, v in state.items()}, str(folder / "model.safetensors")
+    )
+    _import_weights().import_timm(str(folder), str(tmp_path / "run"), None)
+    table = load_backbone(str(tmp_path / "run")).params["posemb"]["table"]
+    expected = np.asarray(jnp.asarray(state["pos_embed"], jnp.bfloat16), np.float32).reshape(table.shape)
+    np.testing.assert_array_equal(table, expected)
