@@ -4,9 +4,9 @@ with one line and a non-zero status; misspelt config keys get a suggestion."""
 import os
 import re
 import subprocess
-import sys
 
 import pytest
+from script_runner import run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {
@@ -31,15 +31,8 @@ SCRIPTS = {
 CLI_DOC = open(os.path.join(ROOT, "docs", "cli.md")).read()
 
 
-def run(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", script), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return run_script(f"scripts/{script}", *args, env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
 def error_lines(stderr: str) -> list[str]:

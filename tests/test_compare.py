@@ -1,11 +1,10 @@
 """scripts/compare.py: table of several probe runs and one chart."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from script_runner import run_script
 
 from naraim.errors import UserError
 from naraim.probe.results import format_table, load_runs, summarize, write_results
@@ -42,15 +41,15 @@ def test_script_prints_table_and_draws_chart(tmp_path):
     a = _run(tmp_path, "a", [1, 0], [0.5, 2.0])
     b = _run(tmp_path, "b", [1, 1], [0.5, 2.0])
     png = tmp_path / "cmp.png"
-    out = subprocess.run(
-        [sys.executable, SCRIPT, a, b, "--plot", str(png)], capture_output=True, text=True, check=True
-    ).stdout
+    r = run_script(SCRIPT, a, b, "--plot", str(png))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
     assert "top-1 (%)" in out and "50.0" in out and "100.0" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
 def test_script_missing_run_exits_with_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, SCRIPT, str(tmp_path / "nope")], capture_output=True, text=True)
+    proc = run_script(SCRIPT, str(tmp_path / "nope"))
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "results.json" in proc.stderr

@@ -1,8 +1,7 @@
 import os
-import subprocess
-import sys
 
 import pytest
+from script_runner import run_script
 
 from naraim.data.config import token_budget
 from naraim.errors import UserError
@@ -94,13 +93,7 @@ def test_bad_values_raise_one_line(override, message):
 
 
 def run_pretrain(*args):
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "pretrain.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
+    return run_script("scripts/pretrain.py", *args)
 
 
 @pytest.mark.slow

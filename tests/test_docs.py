@@ -4,10 +4,9 @@ between pages, that every command in README.md parses, and that nothing points o
 import os
 import re
 import shlex
-import subprocess
-import sys
 
 import pytest
+from script_runner import run_script
 
 from naraim.config_docs import render
 
@@ -80,7 +79,5 @@ def test_readme_has_commands():
 def test_every_readme_command_parses(command):
     """Each command with --help: the script exists, its flags parse and its config (with the overrides)
     loads and validates its keys."""
-    r = subprocess.run(
-        [sys.executable, *command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    r = run_script(*command, "--help")
     assert r.returncode == 0, r.stderr[-1500:]

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from script_runner import starts_a_backend_when_imported
 
 # A thread allocates and frees 64 MB four times; prints whether the setting was applied and the most
 # page faults one of the last three allocations took (64 MB is 16384 pages of 4 KiB).
@@ -62,10 +63,4 @@ SCRIPTS = sorted(
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_scripts_leave_the_backend_to_run_main(script):
     """Importing a script starts no JAX backend, so run_main's allocator setting comes first."""
-    root = Path(__file__).parent.parent
-    check = (
-        f"import runpy, sys; sys.argv = ['x']; runpy.run_path('scripts/{script}', run_name='imported'); "
-        "from jax._src import xla_bridge; print(xla_bridge.backends_are_initialized())"
-    )
-    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=root, check=True)
-    assert out.stdout.strip().endswith("False"), out.stdout
+    assert not starts_a_backend_when_imported(f"scripts/{script}")

@@ -4,14 +4,13 @@ model with random weights, recorded by scripts/record_reference.py aim_v1 at the
 
 import json
 import os
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from probe_helpers import ROOT, load_config
 from safetensors.numpy import save_file
+from script_runner import run_script
 
 from naraim import load_backbone
 from naraim.data.pipeline import make_eval_iterator
@@ -55,28 +54,14 @@ def test_import_script_writes_a_run_that_load_backbone_and_probes_read(tmp_path)
     checkpoint = tmp_path / "aim.safetensors"
     save_file({k: np.ascontiguousarray(v) for k, v in STATE.items()}, str(checkpoint))
     out = tmp_path / "imported"
-    command = [sys.executable, os.path.join(ROOT, "scripts", "import_weights.py"), "--format", "aim_v1"]
-    r = subprocess.run(
-        [*command, "--checkpoint", str(checkpoint), "--variant", "Nano/14", "--out", str(out)],
-        capture_output=True,
-        text=True,
-    )
+    command = ["scripts/import_weights.py", "--format", "aim_v1"]
+    r = run_script(*command, "--checkpoint", str(checkpoint), "--variant", "Nano/14", "--out", str(out))
     assert r.returncode == 0, r.stderr
     features, blocks = load_backbone(str(out))(FIXTURE["pixels"])
     np.testing.assert_allclose(features, FIXTURE["encoded"], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(blocks["block_1"], FIXTURE["block_1"], rtol=1e-4, atol=1e-4)
-    bad = subprocess.run(
-        [
-            *command,
-            "--checkpoint",
-            str(tmp_path / "x.pth"),
-            "--variant",
-            "600m",
-            "--out",
-            str(tmp_path / "y"),
-        ],
-        capture_output=True,
-        text=True,
+    bad = run_script(
+        *command, "--checkpoint", str(tmp_path / "x.pth"), "--variant", "600m", "--out", str(tmp_path / "y")
     )
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0
 
@@ -91,9 +76,8 @@ def test_the_released_head_is_evaluated_as_released_without_training(tmp_path):
     checkpoint = tmp_path / "aim.safetensors"
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(checkpoint))
     out = tmp_path / "imported"
-    command = [sys.executable, os.path.join(ROOT, "scripts", "import_weights.py"), "--format", "aim_v1"]
     args = ["--checkpoint", str(checkpoint), "--variant", "Nano/14", "--out", str(out), "--image_size", "56"]
-    r = subprocess.run([*command, *args], capture_output=True, text=True)
+    r = run_script("scripts/import_weights.py", "--format", "aim_v1", *args)
     assert r.returncode == 0 and "released probe head" in r.stdout, r.stderr
     cfg = load_config("probe", "released")
     cfg.init_from, cfg.progress_bar, cfg.batch_size = str(out), False, 8

@@ -1,13 +1,12 @@
 """scripts/inspect_data.py: the tokens a config makes of a split, as the pipeline gives them to the model."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
-from probe_helpers import ROOT, load_config
+from probe_helpers import load_config
+from script_runner import run_script
 
 from naraim.data.pipeline import make_eval_iterator
 
@@ -27,13 +26,7 @@ def _folder(root):
 
 
 def run(*args):
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "inspect_data.py"), *ARGS, *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
+    return run_script("scripts/inspect_data.py", *ARGS, *args, timeout=300)
 
 
 @pytest.mark.slow

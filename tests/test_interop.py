@@ -5,8 +5,6 @@ import importlib.util
 import json
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +13,7 @@ import pytest
 from probe_helpers import ROOT, pretrain_workdir
 from safetensors.flax import save_file as flax_save_file
 from safetensors.numpy import load_file, save_file
+from script_runner import run_script
 
 from naraim import load_backbone
 from naraim.data.tokens import to_tokens
@@ -118,9 +117,7 @@ def test_load_backbone_gives_the_vits_bidirectional_features_of_images():
 def test_export_script_writes_timms_files_and_a_model_card(tmp_path):
     workdir = pretrain_workdir()
     out = tmp_path / "export"
-    run = lambda *args: subprocess.run(  # noqa: E731
-        [sys.executable, os.path.join(ROOT, "scripts", "export.py"), *args], capture_output=True, text=True
-    )
+    run = lambda *args: run_script("scripts/export.py", *args)  # noqa: E731
     r = run("--workdir", workdir, "--out", str(out), "--grid", "2x3")
     assert r.returncode == 0, r.stderr
     config = json.load(open(out / "config.json"))
@@ -251,19 +248,14 @@ def test_what_naraim_cannot_reproduce_of_a_timm_checkpoint_is_refused_in_one_lin
 
 @pytest.mark.slow
 def test_import_script_refuses_a_class_token_checkpoint_in_one_line(tmp_path):
-    r = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "scripts", "import_weights.py"),
-            "--format",
-            "timm",
-            "--checkpoint",
-            os.path.join(TIMM_IMPORTS, "class_token"),
-            "--out",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
+    r = run_script(
+        "scripts/import_weights.py",
+        "--format",
+        "timm",
+        "--checkpoint",
+        os.path.join(TIMM_IMPORTS, "class_token"),
+        "--out",
+        str(tmp_path / "run"),
     )
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "class_token=True" in r.stderr and not (tmp_path / "run").exists()

@@ -4,14 +4,13 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from probe_helpers import ROOT, load_config, pretrain_workdir, tiny_probe_config
+from script_runner import run_script
 
 from naraim.data.pipeline import make_eval_iterator
 from naraim.data.sources import open_source
@@ -71,16 +70,11 @@ def test_the_probe_script_says_a_checkpoint_does_not_fit_in_one_line(workdir, tm
     cfg = json.loads((broken / "config.json").read_text())
     cfg["model"]["variant"] = "Pico/16"  # patch 16: the patch-embedding kernel has another shape
     (broken / "config.json").write_text(json.dumps(cfg))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "scripts", "probe.py"),
-            "--config=" + os.path.join(ROOT, "configs", "probe.py"),
-            f"--workdir={tmp_path / 'probe'}",
-            f"--config.init_from={broken}",
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_script(
+        "scripts/probe.py",
+        "--config=" + os.path.join(ROOT, "configs", "probe.py"),
+        f"--workdir={tmp_path / 'probe'}",
+        f"--config.init_from={broken}",
         timeout=300,
     )
     assert proc.returncode == 1

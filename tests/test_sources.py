@@ -2,13 +2,12 @@ import io
 import json
 import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from script_runner import run_script
 
 from naraim.data import synthetic
 from naraim.data.config import default_data_config
@@ -216,16 +215,8 @@ def test_prepare_data_writes_pre_resized_shards_the_pipeline_reads(tmp_path, cap
 
 @pytest.mark.slow
 def test_prepare_data_script_reports_a_missing_folder_in_one_line(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_data.py"
-    args = [
-        sys.executable,
-        str(script),
-        "--source",
-        f"folder:{tmp_path / 'missing'}",
-        "--out",
-        str(tmp_path / "o"),
-    ]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    args = ["--source", f"folder:{tmp_path / 'missing'}", "--out", str(tmp_path / "o")]
+    proc = run_script("scripts/prepare_data.py", *args)
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error: image folder") and "\n" not in proc.stderr.strip()
 

@@ -3,10 +3,9 @@
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
+from script_runner import run_script
 
 from naraim.probe.results import write_results
 from naraim.study.report import write_report
@@ -36,13 +35,7 @@ TINY = [
 
 
 def study(workdir, *extra):
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "study.py"), f"--workdir={workdir}", *TINY, *extra],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
+    return run_script("scripts/study.py", f"--workdir={workdir}", *TINY, *extra, timeout=600)
 
 
 @pytest.mark.slow

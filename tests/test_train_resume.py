@@ -11,6 +11,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from script_runner import run_script
 
 from naraim.infra.checkpoint import restore_params
 
@@ -61,7 +62,8 @@ def saved_steps(workdir):
 @pytest.mark.parametrize("extra", [[], PACKED], ids=["one_image_per_row", "packed"])
 def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, extra):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    subprocess.run(command(reference, extra), check=True, cwd=ROOT, capture_output=True, timeout=300)
+    done = run_script(*command(reference, extra)[1:], timeout=300)
+    assert done.returncode == 0, done.stderr
     # Checkpoints are saved every step, so when step 2 appears the save of step 3 is usually in flight.
     proc = subprocess.Popen(
         command(killed, extra), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -73,9 +75,8 @@ def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, extra):
     proc.wait()
     resumed_from = max(saved_steps(killed))
     assert proc.returncode == -signal.SIGKILL and 2 <= resumed_from < STEPS
-    rerun = subprocess.run(
-        command(killed, extra), check=True, cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    rerun = run_script(*command(killed, extra)[1:], timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
     # it resumed (not restarted: training is deterministic, so a restart would end the same) from the
     # newest checkpoint and ran only the remaining steps
     assert f"resuming from step {resumed_from} " in rerun.stderr and "starting a new run" not in rerun.stderr

@@ -16,6 +16,7 @@ import psutil
 import pytest
 from PIL import Image
 from probe_helpers import ROOT, load_config, pretrain_workdir, tiny_probe_config
+from script_runner import run_script
 
 from naraim.errors import UserError
 from naraim.infra.checkpoint import Checkpointer, restore_params
@@ -120,7 +121,8 @@ def test_a_scaled_smoke_run_can_be_extended(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_damaged_newest_checkpoint_falls_back_to_the_intact_one_with_one_line(tmp_path):
     args = ["--config.eval_every=2", "--config.eval.num_examples=8", "--config.checkpoint_every=2"]
-    subprocess.run(_command(tmp_path, *args, "--config.total_steps=4"), cwd=ROOT, check=True, timeout=300)
+    first = run_script(*_command(tmp_path, *args, "--config.total_steps=4")[1:], timeout=300)
+    assert first.returncode == 0, first.stderr
     for data in (tmp_path / "checkpoints" / "4" / "state").glob("ocdbt.process_*/d/*"):
         data.write_bytes(data.read_bytes()[:20])  # every array file of the newest checkpoint truncated
     command = _command(tmp_path, *args, "--config.total_steps=6", "--config.progress_bar=False")
