@@ -96,6 +96,12 @@ def run_script(
         return subprocess.CompletedProcess([sys.executable, script, *args], code, *map(_read, (out, err)))
 
 
+def killable_env() -> dict[str, str]:
+    """The environment for a real subprocess a test SIGKILLs: it reads JAX's compilation cache
+    (tests/conftest.py) but writes no entry, which a kill in mid-write would leave truncated."""
+    return {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1e9"}
+
+
 def starts_a_backend_when_imported(script: str) -> bool:
     """Whether importing SCRIPT (relative to the repository root) starts a JAX backend."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,7 +11,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from script_runner import run_script
+from script_runner import killable_env, run_script
 
 from naraim.infra.checkpoint import restore_params
 
@@ -66,7 +66,11 @@ def test_sigkill_and_rerun_matches_uninterrupted_run(tmp_path, extra):
     assert done.returncode == 0, done.stderr
     # Checkpoints are saved every step, so when step 2 appears the save of step 3 is usually in flight.
     proc = subprocess.Popen(
-        command(killed, extra), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command(killed, extra),
+        cwd=ROOT,
+        env=killable_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and max(saved_steps(killed), default=0) < 2:

@@ -16,7 +16,7 @@ import psutil
 import pytest
 from PIL import Image
 from probe_helpers import ROOT, load_config, pretrain_workdir, tiny_probe_config
-from script_runner import run_script
+from script_runner import killable_env, run_script
 
 from naraim.errors import UserError
 from naraim.infra.checkpoint import Checkpointer, restore_params
@@ -336,6 +336,7 @@ def test_worker_processes_die_with_a_killed_trainer(tmp_path):
     proc = subprocess.Popen(
         _command(tmp_path, "--config.data.num_workers=2"),
         cwd=ROOT,
+        env=killable_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
