@@ -53,8 +53,8 @@ def _reads_drained() -> Iterator[None]:
     other reads are still in flight; their completions then meet a closed loop and print hundreds of
     'Event loop is closed' tracebacks and unawaited-coroutine warnings, and those that ended before it closed
     print 'Task exception was never retrieved' when collected. Within this block new event loops finish their
-    pending reads before closing and keep their abandoned reads' errors, so a damaged checkpoint fails
-    quietly."""
+    pending reads before closing and do not log the errors of reads nothing awaited, so a damaged checkpoint
+    fails quietly."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the policy API is deprecated from Python 3.14
         previous = asyncio.get_event_loop_policy()
