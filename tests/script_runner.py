@@ -89,7 +89,10 @@ def _in_child(target, args: tuple, timeout: float) -> int:
 def run_script(
     script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess:
-    """`python SCRIPT ARGS` in the repository root (SCRIPT relative to it) -> exit status, stdout, stderr."""
+    """`python SCRIPT ARGS` in the repository root (SCRIPT relative to it) -> exit status, stdout, stderr.
+
+    `env` is the script's os.environ; JAX's own settings (JAX_*, XLA_FLAGS) were read when the server
+    imported jax, from the test process's environment, so `env` does not change them."""
     with tempfile.TemporaryDirectory() as tmp:
         out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
         code = _in_child(_run_script, (script, list(args), env or dict(os.environ), out, err), timeout)

@@ -32,7 +32,7 @@ CLI_DOC = open(os.path.join(ROOT, "docs", "cli.md")).read()
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:
-    return run_script(f"scripts/{script}", *args, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    return run_script(f"scripts/{script}", *args)
 
 
 def error_lines(stderr: str) -> list[str]:
